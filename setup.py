@@ -1,0 +1,27 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="lmsrr",
+    version="0.1.0",
+    description="Fast, faithful continual-learning trainer for LMSRR (multi-source representations, "
+    "MSIDF fusion, MLRO refinement, ARO regularisation)",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["lmsrr", "lmsrr.*", "kernels", "kernels.*"]),
+    # torch and torchvision are capped so that pip never replaces an installed 2.14.1 build.
+    install_requires=[
+        "torch>=2.4,<=2.14.1",
+        "torchvision>=0.19,<=0.29.1",
+        "timm>=1.0",
+        "numpy",
+        "scikit-learn",
+        "matplotlib",
+        "tqdm",
+    ],
+    extras_require={
+        "dev": ["pytest", "pytest-benchmark"],
+        "tensorboard": ["tensorboard"],
+    },
+    entry_points={"console_scripts": ["lmsrr-train=lmsrr.cli:main"]},
+)
