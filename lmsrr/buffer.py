@@ -1,0 +1,78 @@
+"""Reservoir replay buffer held on the training device, written in one vectorised op per batch.
+
+Reservoir sampling (Vitter's algorithm R): the j-th stream sample (0-based) goes to slot j while
+the buffer fills; afterwards it replaces slot r ~ U{0..j} when r < capacity. Every stream sample
+thus ends up stored with probability capacity / seen. A batch is inserted at once: samples whose
+r >= capacity, and all but the last of samples drawing the same slot (the sequential algorithm's
+outcome), are routed to a scratch row past the end, so the write needs no host sync.
+
+Inputs are stored un-augmented (uint8, native resolution); replay augments them again.
+"""
+from __future__ import annotations
+
+import torch
+
+
+class ReservoirBuffer:
+    def __init__(self, capacity: int, input_shape: tuple[int, ...], logit_dim: int,
+                 device: torch.device | str = "cpu", input_dtype: torch.dtype = torch.uint8,
+                 generator: torch.Generator | None = None):
+        if capacity < 1:
+            raise ValueError(f"buffer capacity must be >= 1, got {capacity}")
+        self.capacity = capacity
+        self.device = torch.device(device)
+        self.generator = generator
+        rows = capacity + 1  # + the scratch row
+        self.x = torch.zeros((rows, *input_shape), dtype=input_dtype, device=self.device)
+        self.y = torch.zeros(rows, dtype=torch.long, device=self.device)
+        self.logits = torch.zeros(rows, logit_dim, dtype=torch.float32, device=self.device)
+        self.task = torch.zeros(rows, dtype=torch.long, device=self.device)
+        self.seen = 0  # host-side count of stream samples offered: no sync needed to read it
+
+    def __len__(self) -> int:
+        return min(self.seen, self.capacity)
+
+    def is_empty(self) -> bool:
+        return self.seen == 0
+
+    def slots_for(self, n: int) -> torch.Tensor:
+        """Target rows for the next n stream samples (scratch row = capacity for 'not kept')."""
+        j = torch.arange(self.seen, self.seen + n, device=self.device, dtype=torch.float64)
+        u = torch.rand(n, device=self.device, dtype=torch.float64, generator=self.generator)
+        r = torch.floor(u * (j + 1)).long()
+        slot = torch.where(j < self.capacity, j.long(), r)
+        slot = torch.where(slot < self.capacity, slot, torch.full_like(slot, self.capacity))
+        # Later samples overwrite earlier ones that drew the same slot, as in the sequential loop.
+        pos = torch.arange(n, device=self.device)
+        last = torch.full((self.capacity + 1,), -1, dtype=torch.long, device=self.device)
+        last.scatter_reduce_(0, slot, pos, reduce="amax")
+        return torch.where(last[slot] == pos, slot, torch.full_like(slot, self.capacity))
+
+    @torch.no_grad()
+    def add(self, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor | None = None,
+            task: int | torch.Tensor = 0) -> None:
+        n = x.shape[0]
+        slot = self.slots_for(n)
+        self.x.index_copy_(0, slot, x.to(self.device, self.x.dtype))
+        self.y.index_copy_(0, slot, y.to(self.device))
+        if logits is not None:
+            self.logits.index_copy_(0, slot, logits.detach().to(self.device, torch.float32))
+        t = torch.as_tensor(task, device=self.device).expand(n)
+        self.task.index_copy_(0, slot, t.long())
+        self.seen += n
+
+    def sample(self, m: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """m stored samples drawn without replacement (all of them if fewer are stored)."""
+        n = len(self)
+        if n == 0:
+            raise RuntimeError("cannot sample from an empty replay buffer")
+        idx = torch.randperm(n, device=self.device, generator=self.generator)[: min(m, n)]
+        return self.x[idx], self.y[idx], self.logits[idx], self.task[idx]
+
+    def state_dict(self) -> dict:
+        return {"x": self.x, "y": self.y, "logits": self.logits, "task": self.task, "seen": self.seen}
+
+    def load_state_dict(self, state: dict) -> None:
+        for k in ("x", "y", "logits", "task"):
+            getattr(self, k).copy_(state[k])
+        self.seen = int(state["seen"])

@@ -1,0 +1,216 @@
+"""One tree of dataclasses for a run, validated on construction.
+
+The CLI (:mod:`lmsrr.cli`) builds its flags from these fields: every field's ``help`` metadata is
+its flag's help text, and ``flag`` (when present) its name; otherwise the flag is ``--field-name``.
+Presets reproduce the released code's recipes; explicit flags override them.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from typing import Any
+
+from lmsrr.errors import ConfigError
+
+# Two small, heterogeneous, randomly initialised timm sources sized for 8x8 digits (upsampled):
+# a 4-block ViT on 16x16 inputs and a 4-stage ConvNeXt on 32x32 inputs.
+DEFAULT_SOURCES = (
+    "vit_tiny_patch16_224(input_size=16,patch_size=4,embed_dim=64,depth=4,num_heads=4),"
+    "convnext_atto(input_size=32,dims=16/32/64/128,depths=1/1/2/1)"
+)
+# The two ViT-B/16 models of the released code, under their timm names.
+PAPER_SOURCES = "vit_base_patch16_224.orig_in21k_ft_in1k,vit_base_patch16_224.orig_in21k"
+
+
+def _f(default: Any, help: str, flag: str | None = None, choices: tuple | None = None, **kw):
+    meta = {"help": help}
+    if flag:
+        meta["flag"] = flag
+    if choices:
+        meta["choices"] = choices
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta, **kw)
+    return field(default=default, metadata=meta, **kw)
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ConfigError(msg)
+
+
+def _check_choice(name: str, value: str, choices: tuple) -> None:
+    if value not in choices:
+        close = difflib.get_close_matches(value, choices, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"{name}={value!r} is not valid{hint}; choose one of: {', '.join(choices)}")
+
+
+@dataclass
+class DataConfig:
+    stream: str = _f("seq-digits", "continual stream to train on (see the README for the list)")
+    data_root: str = _f("data", "folder holding the datasets in their standard layouts")
+    download: bool = _f(False, "download missing datasets with torchvision's downloaders")
+    class_order: str = _f(
+        "natural", "'natural' (task 1 = classes 0..c-1, ...) or 'seed:N' for a seeded permutation"
+    )
+    batch_size: int = _f(32, "stream batch size per step")
+    eval_batch_size: int = _f(256, "batch size for evaluation")
+
+    def __post_init__(self):
+        _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
+        _check(self.eval_batch_size >= 1, f"eval_batch_size must be >= 1, got {self.eval_batch_size}")
+        order = self.class_order
+        ok = order == "natural" or (order.startswith("seed:") and order[5:].lstrip("-").isdigit())
+        _check(ok, f"class_order={order!r}: use 'natural' or 'seed:N' (N an integer)")
+
+
+@dataclass
+class ModelConfig:
+    sources: str = _f(
+        DEFAULT_SOURCES,
+        "comma-separated timm model names, each optionally with timm keyword arguments in "
+        "parentheses, e.g. 'vit_small_patch16_224(drop_path_rate=0.1)'; tuple values as a/b/c; "
+        "the key input_size=N sets the source's input resolution",
+    )
+    pretrained: str = _f(
+        "none",
+        "'none' (random init), 'hub' (timm weights from a warm local hub cache), or "
+        "comma-separated local weight files, one per source",
+    )
+    trainable_blocks: int = _f(3, "top blocks (ViT) or stages (CNN) of each source that are trained")
+    msidf: str = _f(
+        "attention",
+        "fusion variant: 'reference' (the released code: multi-scale Conv1d branches mixed by a "
+        "softmax) or 'attention' (adds input-conditioned attention over sources first)",
+        choices=("attention", "reference"),
+    )
+    fusion_kernels: str = _f("3,5", "odd Conv1d kernel sizes of the multi-scale branches")
+    fusion_dim: int = _f(0, "common feature width D for fusion (0 = widest source)")
+
+    def __post_init__(self):
+        _check_choice("msidf", self.msidf, ("attention", "reference"))
+        _check(self.trainable_blocks >= 1, f"trainable_blocks must be >= 1, got {self.trainable_blocks}")
+        _check(self.fusion_dim >= 0, f"fusion_dim must be >= 0, got {self.fusion_dim}")
+        _check(bool(self.sources.strip()), "sources must name at least one timm model")
+        try:
+            ks = self.kernel_sizes
+        except ValueError:
+            raise ConfigError(f"fusion_kernels={self.fusion_kernels!r}: use odd integers like '3,5'")
+        _check(len(ks) >= 1 and all(k >= 1 and k % 2 == 1 for k in ks),
+               f"fusion_kernels={self.fusion_kernels!r}: every kernel size must be a positive odd integer")
+
+    @property
+    def kernel_sizes(self) -> tuple[int, ...]:
+        return tuple(int(k) for k in self.fusion_kernels.split(",") if k.strip())
+
+
+@dataclass
+class MethodConfig:
+    name: str = _f("lmsrr", "continual-learning method", flag="--method")
+    alpha: float = _f(0.3, "weight of the ARO-weighted multi-level distillation term")
+    beta: float = _f(0.2, "weight of the logit-replay (DER) term")
+    buffer_size: int = _f(500, "replay buffer slots (0 disables replay)")
+    replay_batch_size: int = _f(32, "replay samples drawn per step")
+    tau: float = _f(0.1, "Gumbel-softmax temperature of the ARO switch vector")
+    hard_switch: bool = _f(False, "use straight-through hard Gumbel samples for the switch vector")
+
+    def __post_init__(self):
+        _check(self.alpha >= 0, f"alpha must be >= 0, got {self.alpha}")
+        _check(self.beta >= 0, f"beta must be >= 0, got {self.beta}")
+        _check(self.buffer_size >= 0, f"buffer_size must be >= 0, got {self.buffer_size}")
+        _check(self.replay_batch_size >= 1, f"replay_batch_size must be >= 1, got {self.replay_batch_size}")
+        _check(self.tau > 0, f"tau must be > 0, got {self.tau}")
+
+
+@dataclass
+class OptimConfig:
+    optimizer: str = _f("sgd", "optimizer, re-created at the start of every task", choices=("sgd", "adamw"))
+    lr: float = _f(0.03, "learning rate")
+    momentum: float = _f(0.0, "SGD momentum")
+    weight_decay: float = _f(0.0, "weight decay")
+    epochs: int = _f(1, "epochs per task")
+
+    def __post_init__(self):
+        _check_choice("optimizer", self.optimizer, ("sgd", "adamw"))
+        _check(self.lr > 0, f"lr must be > 0, got {self.lr}")
+        _check(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
+        _check(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
+        _check(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
+
+
+@dataclass
+class RuntimeConfig:
+    device: str = _f("auto", "'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'")
+    seed: int = _f(0, "random seed for weights, shuffling, augmentation and replay")
+    deterministic: bool = _f(False, "use deterministic algorithms (slower)")
+    threads: int = _f(0, "CPU threads for torch (0 = torch's default)")
+
+    def __post_init__(self):
+        d = self.device
+        _check(d in ("auto", "cpu", "cuda") or (d.startswith("cuda:") and d[5:].isdigit()),
+               f"device={d!r}: use 'auto', 'cpu', 'cuda' or 'cuda:N'")
+        _check(self.threads >= 0, f"threads must be >= 0, got {self.threads}")
+
+
+@dataclass
+class LogConfig:
+    out_dir: str = _f("runs", "parent folder of run directories")
+    run_name: str = _f("", "run directory name (default: <stream>-<method>-<timestamp>)")
+    log_every: int = _f(20, "steps between logged training metrics")
+    progress: bool = _f(True, "show progress bars (--no-progress to hide)")
+
+    def __post_init__(self):
+        _check(self.log_every >= 1, f"log_every must be >= 1, got {self.log_every}")
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Config":
+        groups = {}
+        for f in dataclasses.fields(cls):
+            sub = d.get(f.name, {})
+            group_cls = f.default_factory
+            names = {g.name for g in dataclasses.fields(group_cls)}
+            unknown = set(sub) - names
+            if unknown:
+                raise ConfigError(f"unknown {f.name} option(s): {', '.join(sorted(unknown))}")
+            groups[f.name] = group_cls(**sub)
+        return cls(**groups)
+
+    def replace(self, **overrides: dict) -> "Config":
+        """Return a copy with ``group={field: value}`` overrides applied and validated."""
+        d = self.to_dict()
+        for group, values in overrides.items():
+            d[group].update(values)
+        return Config.from_dict(d)
+
+
+# Recipes of the released code (command/lmsrr_*.sh): SGD lr 0.03, batch 32, replay batch 32,
+# buffer 500, beta 0.2; alpha 0.1 on CIFAR-10 and 0.3 on CIFAR-100; one epoch.
+PRESETS: dict[str, dict[str, dict]] = {
+    "digits": {},
+    "cifar10": {
+        "data": {"stream": "seq-cifar10", "batch_size": 32},
+        "model": {"sources": PAPER_SOURCES, "pretrained": "hub", "msidf": "reference"},
+        "method": {"alpha": 0.1, "beta": 0.2, "buffer_size": 500, "replay_batch_size": 32},
+        "optim": {"optimizer": "sgd", "lr": 0.03, "epochs": 1},
+    },
+    "cifar100": {
+        "data": {"stream": "seq-cifar100", "batch_size": 32},
+        "model": {"sources": PAPER_SOURCES, "pretrained": "hub", "msidf": "reference"},
+        "method": {"alpha": 0.3, "beta": 0.2, "buffer_size": 500, "replay_batch_size": 32},
+        "optim": {"optimizer": "sgd", "lr": 0.03, "epochs": 1},
+    },
+}

@@ -1,0 +1,13 @@
+"""Errors a user can fix: the CLI prints their message and exits with status 2."""
+
+
+class UserError(Exception):
+    """Bad input (a flag, a name, a missing file): the message says what is wrong and what to do."""
+
+
+class ConfigError(UserError, ValueError):
+    """An invalid configuration value."""
+
+
+class DataNotFoundError(UserError, FileNotFoundError):
+    """A dataset is missing or incomplete under --data-root."""

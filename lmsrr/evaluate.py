@@ -1,0 +1,35 @@
+"""Accuracy on every task seen so far, class-IL and task-IL, in one pass per test set.
+
+Class-IL: argmax over every class seen so far. Task-IL: argmax over the task's own classes.
+"""
+from __future__ import annotations
+
+import torch
+from tqdm.auto import tqdm
+
+from lmsrr.data.augment import to_float
+
+
+@torch.no_grad()
+def evaluate_seen_tasks(predict, stream, last_task: int, device, batch_size: int = 256,
+                        progress: bool = True) -> tuple[list[float], list[float]]:
+    """Return (class-IL accuracies, task-IL accuracies) in %, one per task 0..last_task."""
+    n_seen = stream.seen_classes(last_task)
+    cil, til = [], []
+    for t in range(last_task + 1):
+        data = stream.task(t)
+        lo, hi = data.classes[0], data.classes[-1] + 1
+        correct_c = torch.zeros((), dtype=torch.long, device=device)
+        correct_t = torch.zeros((), dtype=torch.long, device=device)
+        n = data.test_x.shape[0]
+        starts = range(0, n, batch_size)
+        for s in tqdm(starts, desc=f"eval task {t + 1}", leave=False, disable=not progress):
+            x = to_float(data.test_x[s : s + batch_size].to(device, non_blocking=True))
+            y = data.test_y[s : s + batch_size].to(device, non_blocking=True)
+            logits = predict(x)
+            correct_c += (logits[:, :n_seen].argmax(1) == y).sum()
+            correct_t += (logits[:, lo:hi].argmax(1) + lo == y).sum()
+        # One host sync per task, outside any training loop.
+        cil.append(100.0 * correct_c.item() / n)
+        til.append(100.0 * correct_t.item() / n)
+    return cil, til

@@ -1,0 +1,63 @@
+"""The method interface the engine drives.
+
+Per task: ``begin_task`` -> for each batch: ``loss`` (the engine backpropagates it and steps the
+optimizer) -> ``after_step`` -> ... -> ``end_task``. ``predict`` gives logits for evaluation.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+
+
+@dataclass
+class Batch:
+    x: torch.Tensor  # un-augmented uint8 inputs (what a replay buffer stores)
+    x_aug: torch.Tensor  # augmented float inputs in [0, 1]
+    y: torch.Tensor
+    task: int
+
+
+@dataclass
+class StepOutput:
+    loss: torch.Tensor
+    logits: torch.Tensor  # stream-batch logits (detached use only)
+    terms: dict[str, torch.Tensor] = field(default_factory=dict)  # namespaced, for logging
+
+
+class ContinualMethod:
+    name = "base"
+
+    def __init__(self, cfg, net: nn.Module, stream, device: torch.device):
+        self.cfg = cfg
+        self.net = net
+        self.stream = stream
+        self.device = device
+        self.task = 0
+
+    def parameters(self) -> list[nn.Parameter]:
+        """Parameters the optimizer updates."""
+        return [p for p in self.net.parameters() if p.requires_grad]
+
+    def begin_task(self, task: int) -> None:
+        self.task = task
+
+    def loss(self, batch: Batch) -> StepOutput:
+        raise NotImplementedError
+
+    def after_step(self, batch: Batch, out: StepOutput) -> None:
+        pass
+
+    def end_task(self, task: int) -> None:
+        pass
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass

@@ -1,0 +1,79 @@
+"""LMSRR: CE + alpha * ARO-weighted multi-level distillation + beta * logit replay.
+
+    L = CE(f(x), y)
+      + alpha * sum_{s,l} p_{s,l} MSE(h_old_{s,l}(x), h_{s,l}(x)) / sum_{s,l} p_{s,l}   (task > 0)
+      + beta  * MSE(f(x_buf), z_buf)                                                   (buffer non-empty)
+
+The released code computes this with four forward passes (net for logits, net again for features,
+the whole old net, net on the buffer). This computes the same loss with one pass of the frozen
+prefixes (shared by the current and the old blocks), logits and features from one forward, and
+stream and replay inputs in a single batch when no trainable layer keeps batch statistics.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+import kernels.distill
+from lmsrr.buffer import ReservoirBuffer
+from lmsrr.methods.base import Batch, ContinualMethod, StepOutput
+from lmsrr.methods.registry import register_method
+
+
+@register_method("lmsrr")
+class LMSRR(ContinualMethod):
+    def __init__(self, cfg, net, stream, device):
+        super().__init__(cfg, net, stream, device)
+        m = cfg.method
+        self.alpha, self.beta, self.replay_batch = m.alpha, m.beta, m.replay_batch_size
+        self.buffer = (ReservoirBuffer(m.buffer_size, stream.image_shape, stream.n_classes, device)
+                       if m.buffer_size > 0 else None)
+        self.old_blocks = None
+
+    def begin_task(self, task: int) -> None:
+        super().begin_task(task)
+        # Only the trainable blocks can drift, so the old model is just their snapshot.
+        self.old_blocks = self.net.snapshot_blocks() if task > 0 and self.alpha > 0 else None
+
+    def _replay_inputs(self):
+        if self.buffer is None or self.buffer.is_empty() or self.beta == 0:
+            return None
+        x, _, z, _ = self.buffer.sample(self.replay_batch)
+        return self.stream.augment(x), z
+
+    def loss(self, batch: Batch, noise: torch.Tensor | None = None) -> StepOutput:
+        """``noise``: Gumbel noise for the switch vector (sampled when None; tests pass it)."""
+        net, x, y = self.net, batch.x_aug, batch.y
+        replay = self._replay_inputs()
+        n = x.shape[0]
+        shared = replay is not None and not net.has_batch_stats
+        zs = net.prefix(torch.cat([x, replay[0]]) if shared else x)
+        hs, logits_all = net.top(zs)
+        logits = logits_all[:n]
+        terms = {"loss/ce": F.cross_entropy(logits, y)}
+        total = terms["loss/ce"]
+
+        if self.old_blocks is not None:
+            z_stream = [z[:n] for z in zs] if shared else zs
+            with torch.no_grad():
+                old_hs = net.top_hiddens(z_stream, self.old_blocks)
+            p = net.switch(noise).flatten()
+            cur = [h[:n] if shared else h for hs_s in hs for h in hs_s]
+            old = [h for hs_s in old_hs for h in hs_s]
+            terms["loss/distill"] = kernels.distill.distill_loss(old, cur, p)
+            terms["aro/p_mean"] = p.detach().mean()
+            total = total + self.alpha * terms["loss/distill"]
+
+        if replay is not None:
+            buf_logits = logits_all[n:] if shared else net(replay[0])
+            terms["loss/replay"] = F.mse_loss(buf_logits, replay[1])
+            total = total + self.beta * terms["loss/replay"]
+        return StepOutput(total, logits, terms)
+
+    def after_step(self, batch: Batch, out: StepOutput) -> None:
+        if self.buffer is not None:
+            self.buffer.add(batch.x, batch.y, out.logits.detach(), batch.task)
+
+    def state_dict(self) -> dict:
+        return {"buffer": self.buffer.state_dict() if self.buffer else None,
+                "old_blocks": self.old_blocks.state_dict() if self.old_blocks is not None else None}

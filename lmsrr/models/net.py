@@ -1,0 +1,86 @@
+"""The LMSRR network: sources -> MSIDF -> linear classifier, with the ARO switch vector.
+
+The forward is split so a training step can share work:
+
+    zs = net.prefix(x)                     frozen prefixes, once per input, no autograd
+    hs, logits = net.top(zs)               trainable blocks (every level's output) and the head
+    old_hs = net.top_hiddens(zs, old)      a frozen snapshot of the blocks on the same zs
+
+The classifier covers every class of the stream from the start (the released code does the same),
+so a new task changes no shapes.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn as nn
+
+from lmsrr.models.aro import SwitchVector
+from lmsrr.models.msidf import MSIDF
+from lmsrr.models.source import Source, parse_sources
+
+Hiddens = list[list[torch.Tensor]]  # [source][level]
+
+
+class LMSRRNet(nn.Module):
+    def __init__(self, sources: list[Source], n_classes: int, kernel_sizes=(3, 5),
+                 variant: str = "attention", fusion_dim: int = 0, tau: float = 0.1,
+                 hard_switch: bool = False):
+        super().__init__()
+        self.sources = nn.ModuleList(sources)
+        widths = [s.width for s in sources]
+        dim = fusion_dim or max(widths)
+        self.fusion = MSIDF(widths, dim, kernel_sizes, variant)
+        self.classifier = nn.Linear(dim, n_classes)
+        n_levels = len(sources[0].blocks)
+        self.switch = SwitchVector(len(sources), n_levels, tau=tau, hard=hard_switch)
+        # Stream and replay inputs may share one forward only if no trainable layer keeps
+        # batch statistics (BatchNorm would see a different batch than the released code's).
+        self.has_batch_stats = any(s.has_batch_stats for s in sources)
+
+    def prefix(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Float images in [0, 1] -> each source's frozen-prefix output (no autograd)."""
+        return [s.prefix(x) for s in self.sources]
+
+    def top_hiddens(self, zs: list[torch.Tensor], blocks: list[list[nn.Module]] | None = None) -> Hiddens:
+        if blocks is None:
+            return [s.run_blocks(z) for s, z in zip(self.sources, zs)]
+        return [s.run_blocks(z, b) for s, z, b in zip(self.sources, zs, blocks)]
+
+    def head(self, hs: Hiddens) -> torch.Tensor:
+        feats = [s.tail(h[-1]) for s, h in zip(self.sources, hs)]
+        return self.classifier(self.fusion(feats))
+
+    def top(self, zs: list[torch.Tensor]) -> tuple[Hiddens, torch.Tensor]:
+        hs = self.top_hiddens(zs)
+        return hs, self.head(hs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.top(self.prefix(x))[1]
+
+    def snapshot_blocks(self) -> nn.ModuleList:
+        """Frozen copy of every source's trainable blocks (the 'old model' of ARO)."""
+        old = nn.ModuleList(nn.ModuleList(copy.deepcopy(b) for b in s.blocks) for s in self.sources)
+        old.requires_grad_(False)
+        return old.train(self.training)
+
+
+def build_net(model_cfg, method_cfg, n_classes: int) -> LMSRRNet:
+    specs = parse_sources(model_cfg.sources)
+    weights = _weights_per_source(model_cfg.pretrained, len(specs))
+    sources = [Source(spec, model_cfg.trainable_blocks, w) for spec, w in zip(specs, weights)]
+    return LMSRRNet(sources, n_classes, model_cfg.kernel_sizes, model_cfg.msidf,
+                    model_cfg.fusion_dim, method_cfg.tau, method_cfg.hard_switch)
+
+
+def _weights_per_source(pretrained: str, n: int) -> list[str]:
+    from lmsrr.errors import ConfigError
+
+    if pretrained in ("none", "hub"):
+        return [pretrained] * n
+    files = [p.strip() for p in pretrained.split(",")]
+    if len(files) != n:
+        raise ConfigError(f"--pretrained names {len(files)} weight file(s) for {n} source(s); "
+                          f"give one per source, or 'none' / 'hub'")
+    return files
