@@ -1,0 +1,273 @@
+"""MSIDF fusion in Triton: one launch forward, one launch backward.
+
+Formula (see ``reference.py``): with w = softmax(m) over all M logits and p_i = (k_i - 1) / 2,
+
+    out[b, d] = sum_{i<n} w_i * (b_i + sum_s sum_j W_i[s, j] * x[b, s, d + j - p_i])
+
+Because every branch is a "same"-padded convolution of the same input, the n branches collapse
+into one effective kernel of half-width P = max_i p_i:
+
+    K[t, s] = sum_i w_i * W_i[s, t - P + p_i]      (zero where t - P + p_i is outside [0, k_i))
+    c       = sum_i w_i * b_i
+    out[b, d] = c + sum_s sum_{t=0}^{2P} K[t, s] * x[b, s, d + t - P]
+
+Each program rebuilds K from the (tiny) weights and streams its rows of x once.
+
+Backward, with g = dL/dout and the shift correlations C[t, s] = sum_{b,d} g[b, d] x[b, s, d + t - P],
+G = sum_{b,d} g[b, d]:
+
+    dx[b, s, e] = sum_t K[t, s] * g[b, e - (t - P)]
+    dW_i[s, j]  = w_i * C[j - p_i + P, s]
+    db_i        = w_i * G
+    dL/dw_i     = sum_{s,j} W_i[s, j] C[j - p_i + P, s] + b_i G         (= sum_{b,d} g * branch_i)
+    dm_k        = w_k * (dL/dw_k - sum_i w_i dL/dw_i)                    (softmax backward; 0 for k >= n)
+
+The backward kernel computes dx for its rows and partial C and G, adds the partials atomically
+into a persistent float32 workspace, and the last program to finish (atomic ticket) turns the
+totals into dW, db and dm and zeroes the workspace again, so the whole backward is one launch.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels._util import interpret_mode, next_pow2, num_sms, zeroed_workspace
+
+
+@triton.jit
+def _msidf_fwd_kernel(
+    x_ptr, w_ptrs, b_ptr, m_ptr, out_ptr,
+    D, M,
+    S: tl.constexpr, S_PAD: tl.constexpr, KS: tl.constexpr, N: tl.constexpr, P: tl.constexpr,
+    T_PAD: tl.constexpr, M_PAD: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    pid_d = tl.program_id(0)
+    row = tl.program_id(1).to(tl.int64)
+
+    # softmax over all M mixing logits (only the first N are used)
+    mo = tl.arange(0, M_PAD)
+    ml = tl.load(m_ptr + mo, mask=mo < M, other=float("-inf")).to(tl.float32)
+    e = tl.where(mo < M, tl.exp(ml - tl.max(ml, axis=0)), 0.0)
+    mix = e / tl.sum(e, axis=0)
+    bias = tl.load(b_ptr + mo, mask=mo < N, other=0.0).to(tl.float32)
+    beff = tl.sum(tl.where(mo < N, mix * bias, 0.0), axis=0)
+
+    # effective kernel K[t, s] (t = shift + P)
+    t2 = tl.arange(0, T_PAD)[:, None]
+    s2 = tl.arange(0, S_PAD)[None, :]
+    keff = tl.zeros([T_PAD, S_PAD], tl.float32)
+    for i in tl.static_range(N):
+        wi = tl.sum(tl.where(mo == i, mix, 0.0), axis=0)
+        j = t2 - P + (KS[i] - 1) // 2
+        msk = (j >= 0) & (j < KS[i]) & (s2 < S)
+        keff += wi * tl.load(w_ptrs[i] + s2 * KS[i] + j, mask=msk, other=0.0).to(tl.float32)
+
+    d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    s1 = tl.arange(0, S_PAD)
+    xrow = x_ptr + row * S * D
+    acc = tl.zeros([S_PAD, BLOCK_D], tl.float32)
+    for tt in tl.static_range(2 * P + 1):
+        col = tl.sum(tl.where(t2 == tt, keff, 0.0), axis=0)
+        src = d + (tt - P)
+        xm = (s1[:, None] < S) & (src[None, :] >= 0) & (src[None, :] < D)
+        xv = tl.load(xrow + s1[:, None] * D + src[None, :], mask=xm, other=0.0).to(tl.float32)
+        acc += col[:, None] * xv
+    out = tl.sum(acc, axis=0) + beff
+    tl.store(out_ptr + row * D + d, out, mask=d < D)
+
+
+@triton.jit
+def _msidf_bwd_kernel(
+    x_ptr, g_ptr, w_ptrs, b_ptr, m_ptr,
+    dx_ptr, dw_ptrs, db_ptr, dm_ptr, ws_ptr, cnt_ptr,
+    B, D, M, ROWS,
+    S: tl.constexpr, S_PAD: tl.constexpr, KS: tl.constexpr, N: tl.constexpr, P: tl.constexpr,
+    T_PAD: tl.constexpr, M_PAD: tl.constexpr, BLOCK_D: tl.constexpr, NEED_DX: tl.constexpr,
+):
+    pid = tl.program_id(0)
+
+    mo = tl.arange(0, M_PAD)
+    ml = tl.load(m_ptr + mo, mask=mo < M, other=float("-inf")).to(tl.float32)
+    e = tl.where(mo < M, tl.exp(ml - tl.max(ml, axis=0)), 0.0)
+    mix = e / tl.sum(e, axis=0)
+
+    t2 = tl.arange(0, T_PAD)[:, None]
+    s2 = tl.arange(0, S_PAD)[None, :]
+    keff = tl.zeros([T_PAD, S_PAD], tl.float32)
+    for i in tl.static_range(N):
+        wi = tl.sum(tl.where(mo == i, mix, 0.0), axis=0)
+        j = t2 - P + (KS[i] - 1) // 2
+        msk = (j >= 0) & (j < KS[i]) & (s2 < S)
+        keff += wi * tl.load(w_ptrs[i] + s2 * KS[i] + j, mask=msk, other=0.0).to(tl.float32)
+
+    s1 = tl.arange(0, S_PAD)
+    acc_c = tl.zeros([T_PAD, S_PAD], tl.float32)
+    acc_g = tl.zeros([BLOCK_D], tl.float32)
+    for r in range(0, ROWS):
+        row = pid * ROWS + r
+        row_ok = row < B
+        row64 = row.to(tl.int64)
+        xrow = x_ptr + row64 * S * D
+        grow = g_ptr + row64 * D
+        for d0 in range(0, D, BLOCK_D):
+            d = d0 + tl.arange(0, BLOCK_D)
+            gv = tl.load(grow + d, mask=(d < D) & row_ok, other=0.0).to(tl.float32)
+            acc_g += gv
+            dxacc = tl.zeros([S_PAD, BLOCK_D], tl.float32)
+            for tt in tl.static_range(2 * P + 1):
+                col = tl.sum(tl.where(t2 == tt, keff, 0.0), axis=0)
+                # dx[s, e] += K[t, s] * g[e - shift]
+                gi = d - (tt - P)
+                gs = tl.load(grow + gi, mask=(gi >= 0) & (gi < D) & row_ok, other=0.0).to(tl.float32)
+                dxacc += col[:, None] * gs[None, :]
+                # C[t, s] += sum_d g[d] * x[s, d + shift]
+                xi = d + (tt - P)
+                xm = (s1[:, None] < S) & (xi[None, :] >= 0) & (xi[None, :] < D) & row_ok
+                xv = tl.load(xrow + s1[:, None] * D + xi[None, :], mask=xm, other=0.0).to(tl.float32)
+                part = tl.sum(xv * gv[None, :], axis=1)
+                acc_c += tl.where(t2 == tt, part[None, :], 0.0)
+            if NEED_DX:
+                dmask = (s1[:, None] < S) & (d[None, :] < D) & row_ok
+                tl.store(dx_ptr + row64 * S * D + s1[:, None] * D + d[None, :], dxacc, mask=dmask)
+
+    cmask = (t2 < 2 * P + 1) & (s2 < S)
+    tl.atomic_add(ws_ptr + t2 * S_PAD + s2, acc_c, mask=cmask)
+    tl.atomic_add(ws_ptr + T_PAD * S_PAD, tl.sum(acc_g, axis=0))
+    # every thread's partials must be issued before this program takes its ticket
+    tl.debug_barrier()
+    ticket = tl.atomic_add(cnt_ptr, 1)
+    if ticket == tl.num_programs(0) - 1:
+        # last program: all partials are in; read them, then leave the workspace zeroed
+        # (an atomic add of 0 reads the coherent L2 copy; the interpreter has no float xchg)
+        c = tl.atomic_add(ws_ptr + t2 * S_PAD + s2, tl.zeros([T_PAD, S_PAD], tl.float32), mask=cmask)
+        c = tl.where(cmask, c, 0.0)
+        gsum = tl.atomic_add(ws_ptr + T_PAD * S_PAD, 0.0)
+        tl.store(ws_ptr + t2 * S_PAD + s2, tl.zeros([T_PAD, S_PAD], tl.float32), mask=cmask)
+        tl.store(ws_ptr + T_PAD * S_PAD, 0.0)
+        dwvec = tl.zeros([M_PAD], tl.float32)
+        for i in tl.static_range(N):
+            wi = tl.sum(tl.where(mo == i, mix, 0.0), axis=0)
+            j = t2 - P + (KS[i] - 1) // 2
+            msk = (j >= 0) & (j < KS[i]) & (s2 < S)
+            w_i = tl.load(w_ptrs[i] + s2 * KS[i] + j, mask=msk, other=0.0).to(tl.float32)
+            tl.store(dw_ptrs[i] + s2 * KS[i] + j, wi * c, mask=msk)
+            dwvec += tl.where(mo == i, tl.sum(tl.sum(w_i * c, axis=1), axis=0), 0.0)
+        bias = tl.load(b_ptr + mo, mask=mo < N, other=0.0).to(tl.float32)
+        dwvec += bias * gsum
+        dm = mix * (dwvec - tl.sum(mix * dwvec, axis=0))
+        tl.store(dm_ptr + mo, dm, mask=mo < M)
+        tl.store(db_ptr + mo, mix * gsum, mask=mo < N)
+        tl.store(cnt_ptr, 0)
+
+
+def _check_device(x: torch.Tensor) -> None:
+    if x.device.type != "cuda" and not interpret_mode():
+        raise RuntimeError(
+            "the Triton msidf kernel needs CUDA tensors, or TRITON_INTERPRET=1 set before triton is "
+            "imported to run on CPU tensors"
+        )
+
+
+def _meta(x: torch.Tensor, weights: Sequence[torch.Tensor], mix_logits: torch.Tensor) -> dict:
+    _, S, D = x.shape
+    ks = tuple(int(w.shape[-1]) for w in weights)
+    for w, k in zip(weights, ks):
+        if w.shape != (S, k) or k % 2 == 0:
+            raise ValueError(f"msidf weights must be (S={S}, odd k); got {tuple(w.shape)}")
+    P = max(ks) // 2
+    S_PAD = next_pow2(S)
+    return dict(
+        S=S, S_PAD=S_PAD, KS=ks, N=len(ks), P=P, T_PAD=next_pow2(2 * P + 1),
+        M_PAD=next_pow2(mix_logits.numel()),
+    )
+
+
+class _MSIDFFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, biases, mix_logits, *weights):
+        _check_device(x)
+        x_c = x.contiguous()
+        ws = tuple(w.contiguous() for w in weights)
+        b_c = biases.contiguous()
+        m_c = mix_logits.contiguous()
+        B, S, D = x_c.shape
+        meta = _meta(x_c, ws, m_c)
+        out_dtype = torch.promote_types(x.dtype, ws[0].dtype)
+        out = torch.empty((B, D), device=x.device, dtype=out_dtype)
+        if B > 0 and D > 0:
+            block_d = min(1024, next_pow2(D), max(64, 4096 // meta["S_PAD"]))
+            _msidf_fwd_kernel[(triton.cdiv(D, block_d), B)](
+                x_c, ws, b_c, m_c, out, D, m_c.numel(), BLOCK_D=block_d, num_warps=4, **meta
+            )
+        ctx.save_for_backward(x_c, b_c, m_c, *ws)
+        ctx.meta = meta
+        return out
+
+    @staticmethod
+    def backward(ctx, gout):
+        x, b, m, *ws = ctx.saved_tensors
+        meta = ctx.meta
+        B, S, D = x.shape
+        g = gout.contiguous()
+        need_dx = ctx.needs_input_grad[0]
+        dx = torch.empty_like(x) if need_dx else None
+        dws = tuple(torch.empty_like(w) for w in ws)
+        db = torch.empty_like(b)
+        dm = torch.empty_like(m)
+        if B == 0 or D == 0:
+            for t in (dx, db, dm, *dws):
+                if t is not None:
+                    t.zero_()
+        else:
+            block_d = min(512, next_pow2(D), max(64, 2048 // meta["S_PAD"]))
+            progs = min(B, 4 * num_sms(x.device))
+            rows = triton.cdiv(B, progs)
+            progs = triton.cdiv(B, rows)
+            ws_len = meta["T_PAD"] * meta["S_PAD"] + 1
+            work = zeroed_workspace("msidf_bwd", x.device, ws_len, torch.float32)
+            cnt = zeroed_workspace("msidf_bwd_cnt", x.device, 1, torch.int32)
+            _msidf_bwd_kernel[(progs,)](
+                x, g, tuple(ws), b, m,
+                dx if need_dx else x, dws, db, dm, work, cnt,
+                B, D, m.numel(), rows,
+                BLOCK_D=block_d, NEED_DX=need_dx, num_warps=4, **meta,
+            )
+        return (dx, db, dm, *dws)
+
+
+def msidf(x, weights, biases, mix_logits):
+    """Triton MSIDF fusion, same contract as :func:`kernels.msidf.reference.msidf`."""
+    if len(weights) == 0:
+        raise ValueError("msidf needs at least one branch")
+    if mix_logits.numel() < len(weights):
+        raise ValueError(f"need at least {len(weights)} mixing logits, got {mix_logits.numel()}")
+    if biases.numel() != len(weights):
+        raise ValueError(f"need one bias per branch: {biases.numel()} biases, {len(weights)} branches")
+    return _MSIDFFunction.apply(x, biases, mix_logits, *weights)
+
+
+def compile_cases():
+    """Example launches for :mod:`kernels._compile_check` (real-size dtypes and constexprs)."""
+    cases = []
+    for dt in (torch.float32, torch.bfloat16):
+        for ks, S in (((3, 5), 2), ((1, 3, 7), 3)):
+            x = torch.empty(0, dtype=dt)
+            ws = tuple(torch.empty(0, dtype=dt) for _ in ks)
+            b = torch.empty(0, dtype=dt)
+            m = torch.empty(0, dtype=dt)
+            P = max(ks) // 2
+            meta = dict(S=S, S_PAD=next_pow2(S), KS=ks, N=len(ks), P=P, T_PAD=next_pow2(2 * P + 1),
+                        M_PAD=4)
+            fwd_args = dict(x_ptr=x, w_ptrs=ws, b_ptr=b, m_ptr=m, out_ptr=x, D=768, M=3)
+            cases.append((f"msidf_fwd[{dt},{ks}]", _msidf_fwd_kernel, fwd_args,
+                          dict(meta, BLOCK_D=1024), 4))
+            cnt = torch.empty(0, dtype=torch.int32)
+            w32 = torch.empty(0, dtype=torch.float32)
+            bwd_args = dict(x_ptr=x, g_ptr=x, w_ptrs=ws, b_ptr=b, m_ptr=m, dx_ptr=x, dw_ptrs=ws,
+                            db_ptr=b, dm_ptr=m, ws_ptr=w32, cnt_ptr=cnt, B=256, D=768, M=3, ROWS=2)
+            cases.append((f"msidf_bwd[{dt},{ks}]", _msidf_bwd_kernel, bwd_args,
+                          dict(meta, BLOCK_D=512, NEED_DX=True), 4))
+    return cases
