@@ -1,0 +1,198 @@
+"""ARO-weighted multi-level distillation loss in Triton: one launch forward, one backward.
+
+    m_l = mean((h_old_l - h_l)^2)            over the n_l elements of pair l
+    P   = sum_l p_l
+    L   = sum_l p_l m_l / P                  (0 when P <= 0)
+
+Backward (g = dL/dL_out, upstream scalar):
+
+    dh_l = g * p_l / P * 2 (h_l - h_old_l) / n_l        (0 when P <= 0; h_old gets none)
+    dp_k = g * (m_k - L) / P                            (0 when P <= 0)
+
+All L pairs go to one launch: the tensors travel as tuples of pointers, every program
+grid-strides over every pair, reads each element once and accumulates (h_old - h)^2 in float32
+whatever the storage dtype. Per-program, per-pair partial sums go to a scratch buffer and the
+last program to finish (atomic ticket) reduces them in a fixed order, so the loss is
+deterministic run to run. The backward reads h_old and h once and writes dh once.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels._util import interpret_mode, next_pow2, num_sms, zeroed_workspace
+
+
+@triton.jit
+def _distill_fwd_kernel(
+    old_ptrs, new_ptrs, numels, p_ptr, partial_ptr, cnt_ptr, loss_ptr, mse_ptr,
+    L: tl.constexpr, L_PAD: tl.constexpr, BLOCK: tl.constexpr, RED: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    nprog = tl.num_programs(0)
+    lidx = tl.arange(0, L_PAD)
+    sums = tl.zeros([L_PAD], tl.float32)
+    for l in tl.static_range(L):
+        acc = tl.zeros([BLOCK], tl.float32)
+        for start in range(pid * BLOCK, numels[l], nprog * BLOCK):
+            offs = start + tl.arange(0, BLOCK)
+            mask = offs < numels[l]
+            a = tl.load(old_ptrs[l] + offs, mask=mask, other=0.0).to(tl.float32)
+            b = tl.load(new_ptrs[l] + offs, mask=mask, other=0.0).to(tl.float32)
+            diff = a - b
+            acc += diff * diff
+        sums += tl.where(lidx == l, tl.sum(acc, axis=0), 0.0)
+    tl.store(partial_ptr + pid * L_PAD + lidx, sums)
+    # all threads' partial stores must precede this program's ticket
+    tl.debug_barrier()
+    ticket = tl.atomic_add(cnt_ptr, 1)
+    if ticket == nprog - 1:
+        # last program: reduce the per-program partials in program order (deterministic)
+        rows = tl.arange(0, RED)
+        tot = tl.zeros([L_PAD], tl.float32)
+        for q0 in range(0, nprog, RED):
+            q = q0 + rows
+            part = tl.load(partial_ptr + q[:, None] * L_PAD + lidx[None, :], mask=q[:, None] < nprog,
+                           other=0.0, cache_modifier=".cg")
+            tot += tl.sum(part, axis=0)
+        n = tl.zeros([L_PAD], tl.float32)
+        for l in tl.static_range(L):
+            n += tl.where(lidx == l, (numels[l] * 1.0), 0.0)
+        mse = tot / tl.where(lidx < L, n, 1.0)
+        p = tl.load(p_ptr + lidx, mask=lidx < L, other=0.0).to(tl.float32)
+        psum = tl.sum(p, axis=0)
+        weighted = tl.sum(tl.where(lidx < L, p * mse, 0.0), axis=0)
+        loss = tl.where(psum > 0, weighted / tl.maximum(psum, 1e-30), 0.0)
+        tl.store(loss_ptr, loss)
+        tl.store(mse_ptr + lidx, mse, mask=lidx < L)
+        tl.store(cnt_ptr, 0)
+
+
+@triton.jit
+def _distill_bwd_kernel(
+    old_ptrs, new_ptrs, grad_ptrs, numels, p_ptr, mse_ptr, loss_ptr, gout_ptr, dp_ptr,
+    L: tl.constexpr, L_PAD: tl.constexpr, BLOCK: tl.constexpr, NEED: tl.constexpr,
+    NEED_DP: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    nprog = tl.num_programs(0)
+    lidx = tl.arange(0, L_PAD)
+    gout = tl.load(gout_ptr).to(tl.float32)
+    p = tl.load(p_ptr + lidx, mask=lidx < L, other=0.0).to(tl.float32)
+    psum = tl.sum(p, axis=0)
+    inv_p = tl.where(psum > 0, 1.0 / tl.maximum(psum, 1e-30), 0.0)
+    for l in tl.static_range(L):
+        if NEED[l]:
+            p_l = tl.sum(tl.where(lidx == l, p, 0.0), axis=0)
+            coef = gout * p_l * inv_p * 2.0 / (numels[l] * 1.0)
+            for start in range(pid * BLOCK, numels[l], nprog * BLOCK):
+                offs = start + tl.arange(0, BLOCK)
+                mask = offs < numels[l]
+                a = tl.load(old_ptrs[l] + offs, mask=mask, other=0.0).to(tl.float32)
+                b = tl.load(new_ptrs[l] + offs, mask=mask, other=0.0).to(tl.float32)
+                tl.store(grad_ptrs[l] + offs, coef * (b - a), mask=mask)
+    if NEED_DP:
+        if pid == 0:
+            mse = tl.load(mse_ptr + lidx, mask=lidx < L, other=0.0)
+            loss = tl.load(loss_ptr)
+            tl.store(dp_ptr + lidx, gout * (mse - loss) * inv_p, mask=lidx < L)
+
+
+def _grid(numels: Sequence[int], block: int, device: torch.device) -> int:
+    # enough programs to fill the GPU a few times over, never more than the biggest pair needs
+    most = max(triton.cdiv(max(numels), block), 1)
+    return max(1, min(most, 4 * num_sms(device)))
+
+
+_BLOCK = 4096
+
+
+class _DistillFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, p, n_pairs, *tensors):
+        h_old = tuple(t.detach().contiguous() for t in tensors[:n_pairs])
+        h = tuple(t.contiguous() for t in tensors[n_pairs:])
+        device = p.device
+        numels = tuple(int(t.numel()) for t in h)
+        if max(numels) >= 2**31:
+            raise ValueError("distill_loss: a layer with 2^31 or more elements is not supported")
+        L = n_pairs
+        L_PAD = next_pow2(L)
+        block = _BLOCK
+        nprog = _grid(numels, block, device)
+        partial = torch.empty((nprog, L_PAD), dtype=torch.float32, device=device)
+        cnt = zeroed_workspace("distill_cnt", device, 1, torch.int32)
+        loss = torch.empty((), dtype=torch.float32, device=device)
+        mse = torch.empty((L,), dtype=torch.float32, device=device)
+        p_c = p.contiguous()
+        _distill_fwd_kernel[(nprog,)](
+            h_old, h, numels, p_c, partial, cnt, loss, mse,
+            L=L, L_PAD=L_PAD, BLOCK=block, RED=64, num_warps=8,
+        )
+        ctx.save_for_backward(p_c, mse, loss, *h_old, *h)
+        ctx.n_pairs = n_pairs
+        ctx.numels = numels
+        ctx.p_dtype = p.dtype
+        return loss
+
+    @staticmethod
+    def backward(ctx, gout):
+        p, mse, loss, *rest = ctx.saved_tensors
+        L = ctx.n_pairs
+        h_old, h = tuple(rest[:L]), tuple(rest[L:])
+        need = tuple(bool(x) for x in ctx.needs_input_grad[2 + L:])
+        need_dp = bool(ctx.needs_input_grad[0])
+        grads = tuple(torch.empty_like(t) if n else t for t, n in zip(h, need))
+        dp = torch.empty((L,), dtype=torch.float32, device=p.device)
+        block = _BLOCK
+        nprog = _grid(ctx.numels, block, p.device)
+        _distill_bwd_kernel[(nprog,)](
+            h_old, h, grads, ctx.numels, p, mse, loss, gout.contiguous(), dp,
+            L=L, L_PAD=next_pow2(L), BLOCK=block, NEED=need, NEED_DP=need_dp, num_warps=8,
+        )
+        dh = [g if n else None for g, n in zip(grads, need)]
+        return (dp.to(ctx.p_dtype) if need_dp else None, None, *([None] * L), *dh)
+
+
+def distill_loss(h_old, h, p):
+    """Triton distillation loss, same contract as :func:`kernels.distill.reference.distill_loss`."""
+    if len(h_old) != len(h) or len(h) != p.numel():
+        raise ValueError(
+            f"distill_loss needs one weight per layer pair: got {len(h_old)} old, {len(h)} new, "
+            f"{p.numel()} weights"
+        )
+    for a, b in zip(h_old, h):
+        if a.shape != b.shape:
+            raise ValueError(f"distill_loss pair shapes differ: {tuple(a.shape)} vs {tuple(b.shape)}")
+        if a.device != p.device or b.device != p.device:
+            raise ValueError("distill_loss: h_old, h and p must be on one device")
+    if p.device.type != "cuda" and not interpret_mode():
+        raise RuntimeError(
+            "the Triton distill kernel needs CUDA tensors, or TRITON_INTERPRET=1 set before triton "
+            "is imported to run on CPU tensors"
+        )
+    return _DistillFunction.apply(p, len(h), *h_old, *h)
+
+
+def compile_cases():
+    """Example launches for :mod:`kernels._compile_check`: 2 sources x 3 layers, ViT and CNN maps."""
+    cases = []
+    for dt in (torch.float32, torch.bfloat16, torch.float16):
+        L = 6
+        olds = tuple(torch.empty(0, dtype=dt) for _ in range(L))
+        news = tuple(torch.empty(0, dtype=dt) for _ in range(L))
+        numels = tuple([32 * 197 * 768] * 3 + [32 * 256 * 14 * 14] * 3)
+        f32 = torch.empty(0, dtype=torch.float32)
+        cnt = torch.empty(0, dtype=torch.int32)
+        args = dict(old_ptrs=olds, new_ptrs=news, numels=numels, p_ptr=f32, partial_ptr=f32,
+                    cnt_ptr=cnt, loss_ptr=f32, mse_ptr=f32)
+        cases.append((f"distill_fwd[{dt}]", _distill_fwd_kernel, args,
+                      dict(L=L, L_PAD=8, BLOCK=_BLOCK, RED=64), 8))
+        args = dict(old_ptrs=olds, new_ptrs=news, grad_ptrs=news, numels=numels, p_ptr=f32,
+                    mse_ptr=f32, loss_ptr=f32, gout_ptr=f32, dp_ptr=f32)
+        cases.append((f"distill_bwd[{dt}]", _distill_bwd_kernel, args,
+                      dict(L=L, L_PAD=8, BLOCK=_BLOCK, NEED=(True,) * L, NEED_DP=True), 8))
+    return cases
