@@ -106,8 +106,8 @@ class Trainer:
                 bar.update()
                 if self.step % cfg.log.log_every == 0:
                     # Host sync, on log steps only.
-                    rec = {k: float(v) for k, v in out.terms.items()}
-                    rec.update({"loss/total": float(out.loss), "step": self.step, "task": t,
+                    rec = {k: v.detach().item() for k, v in out.terms.items()}
+                    rec.update({"loss/total": out.loss.detach().item(), "step": self.step, "task": t,
                                 "epoch": epoch,
                                 "throughput/img_s": seen / (time.perf_counter() - t0)})
                     self.run.log(rec, step=self.step)
