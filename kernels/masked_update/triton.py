@@ -1,0 +1,261 @@
+"""Masked multi-tensor optimizer steps in Triton: the whole step is one launch.
+
+Same signatures and formulas as :mod:`kernels.masked_update.reference`. One program per block of
+the flat layout: it reads its group, the group's layer gate and (when given) the skip flag; a
+program whose group is inactive returns without touching memory, so a gated-off layer costs no
+bandwidth. Active programs stream p, g and the state once (AdamW: 16 bytes read and 12 written per
+float32 element; SGD with momentum: 12 read, 8 written). Step counts: every program reads its
+group's count; the last program to finish (atomic ticket) advances the counts of the active
+groups, so no program ever sees a half-updated count.
+
+With ``grad_scale`` and no ``found_inf`` a first launch (``_nonfinite_kernel``) computes the skip
+flag on the device (one pass over the active gradients; its per-block flags are reduced by its
+last program), and the update launch reads it: still no host synchronisation.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels._util import interpret_mode, next_pow2, zeroed_workspace
+from kernels.masked_update.layout import FlatLayout
+from kernels.masked_update.reference import HP_COLS
+
+
+@triton.jit
+def _group_active(grp, grp_layer_ptr, gates_ptr, inf_ptr, HAS_GATES: tl.constexpr, HAS_INF: tl.constexpr):
+    on = grp >= 0
+    if HAS_GATES:
+        layer = tl.load(grp_layer_ptr + grp)
+        on = on & (tl.load(gates_ptr + layer).to(tl.float32) != 0)
+    if HAS_INF:
+        on = on & (tl.load(inf_ptr).to(tl.float32) == 0)
+    return on
+
+
+@triton.jit
+def _advance_steps(step_ptr, grp_layer_ptr, gates_ptr, inf_ptr, cnt_ptr, G,
+                   HAS_GATES: tl.constexpr, HAS_INF: tl.constexpr, G_PAD: tl.constexpr):
+    # all threads of this program are done with their loads/stores before the ticket
+    tl.debug_barrier()
+    ticket = tl.atomic_add(cnt_ptr, 1)
+    if ticket == tl.num_programs(0) - 1:
+        gi = tl.arange(0, G_PAD)
+        gm = gi < G
+        on = gm
+        if HAS_GATES:
+            layer = tl.load(grp_layer_ptr + gi, mask=gm, other=0)
+            on = on & (tl.load(gates_ptr + layer, mask=gm, other=0).to(tl.float32) != 0)
+        if HAS_INF:
+            on = on & (tl.load(inf_ptr).to(tl.float32) == 0)
+        st = tl.load(step_ptr + gi, mask=gm, other=0.0)
+        tl.store(step_ptr + gi, st + on.to(tl.float32), mask=gm)
+        tl.store(cnt_ptr, 0)
+
+
+@triton.jit
+def _masked_adamw_kernel(
+    p_ptr, g_ptr, m_ptr, v_ptr,
+    blk_group_ptr, grp_layer_ptr, grp_end_ptr, hp_ptr, step_ptr,
+    gates_ptr, scale_ptr, inf_ptr, cnt_ptr, G,
+    HAS_GATES: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_INF: tl.constexpr,
+    G_PAD: tl.constexpr, BLOCK: tl.constexpr, HP: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    grp = tl.load(blk_group_ptr + pid)
+    on = _group_active(grp, grp_layer_ptr, gates_ptr, inf_ptr, HAS_GATES, HAS_INF)
+    if on:
+        lr = tl.load(hp_ptr + grp * HP + 0)
+        wd = tl.load(hp_ptr + grp * HP + 1)
+        beta1 = tl.load(hp_ptr + grp * HP + 2)
+        beta2 = tl.load(hp_ptr + grp * HP + 3)
+        eps = tl.load(hp_ptr + grp * HP + 4)
+        t = tl.load(step_ptr + grp) + 1.0
+        bc1 = 1.0 - tl.exp2(t * tl.log2(beta1))
+        bc2_sqrt = tl.sqrt(1.0 - tl.exp2(t * tl.log2(beta2)))
+        end = tl.load(grp_end_ptr + grp)
+        offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+        mask = offs < end
+        g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        if HAS_SCALE:
+            g = g / tl.load(scale_ptr).to(tl.float32)
+        p = tl.load(p_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        m = tl.load(m_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        v = tl.load(v_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        p = p * (1.0 - lr * wd)
+        m = m + (1.0 - beta1) * (g - m)
+        v = v * beta2 + (1.0 - beta2) * g * g
+        denom = tl.sqrt(v) / bc2_sqrt + eps
+        p = p - (lr / bc1) * (m / denom)
+        tl.store(p_ptr + offs, p, mask=mask)
+        tl.store(m_ptr + offs, m, mask=mask)
+        tl.store(v_ptr + offs, v, mask=mask)
+    _advance_steps(step_ptr, grp_layer_ptr, gates_ptr, inf_ptr, cnt_ptr, G, HAS_GATES, HAS_INF, G_PAD)
+
+
+@triton.jit
+def _masked_sgd_kernel(
+    p_ptr, g_ptr, buf_ptr,
+    blk_group_ptr, grp_layer_ptr, grp_end_ptr, hp_ptr, step_ptr,
+    gates_ptr, scale_ptr, inf_ptr, cnt_ptr, G,
+    HAS_GATES: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_INF: tl.constexpr,
+    G_PAD: tl.constexpr, BLOCK: tl.constexpr, HP: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    grp = tl.load(blk_group_ptr + pid)
+    on = _group_active(grp, grp_layer_ptr, gates_ptr, inf_ptr, HAS_GATES, HAS_INF)
+    if on:
+        lr = tl.load(hp_ptr + grp * HP + 0)
+        wd = tl.load(hp_ptr + grp * HP + 1)
+        mom = tl.load(hp_ptr + grp * HP + 2)
+        damp = tl.load(hp_ptr + grp * HP + 3)
+        nesterov = tl.load(hp_ptr + grp * HP + 4)
+        first = tl.load(step_ptr + grp) == 0.0
+        end = tl.load(grp_end_ptr + grp)
+        offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+        mask = offs < end
+        d = tl.load(g_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        if HAS_SCALE:
+            d = d / tl.load(scale_ptr).to(tl.float32)
+        p = tl.load(p_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        d = d + wd * p
+        if mom != 0.0:
+            # the momentum buffer is only read and written for groups that use momentum
+            b = tl.load(buf_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+            b = tl.where(first, d, mom * b + (1.0 - damp) * d)
+            tl.store(buf_ptr + offs, b, mask=mask)
+            d = tl.where(nesterov != 0.0, d + mom * b, b)
+        tl.store(p_ptr + offs, p - lr * d, mask=mask)
+    _advance_steps(step_ptr, grp_layer_ptr, gates_ptr, inf_ptr, cnt_ptr, G, HAS_GATES, HAS_INF, G_PAD)
+
+
+@triton.jit
+def _nonfinite_kernel(
+    g_ptr, blk_group_ptr, grp_layer_ptr, grp_end_ptr, gates_ptr, scale_ptr,
+    partial_ptr, cnt_ptr, out_ptr,
+    HAS_GATES: tl.constexpr, BLOCK: tl.constexpr, RED: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    nprog = tl.num_programs(0)
+    grp = tl.load(blk_group_ptr + pid)
+    on = _group_active(grp, grp_layer_ptr, gates_ptr, gates_ptr, HAS_GATES, False)
+    bad = tl.zeros([BLOCK], tl.int32)
+    if on:
+        end = tl.load(grp_end_ptr + grp)
+        offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+        mask = offs < end
+        g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        g = g / tl.load(scale_ptr).to(tl.float32)
+        # |g| < inf is false for +-inf and NaN
+        bad = tl.where(tl.abs(g) < float("inf"), 0, 1)
+    tl.store(partial_ptr + pid, tl.max(bad, axis=0))
+    tl.debug_barrier()
+    ticket = tl.atomic_add(cnt_ptr, 1)
+    if ticket == nprog - 1:
+        rows = tl.arange(0, RED)
+        acc = tl.zeros([RED], tl.int32)
+        for q0 in range(0, nprog, RED):
+            q = q0 + rows
+            acc = tl.maximum(acc, tl.load(partial_ptr + q, mask=q < nprog, other=0, cache_modifier=".cg"))
+        tl.store(out_ptr, tl.max(acc, axis=0).to(tl.float32))
+        tl.store(cnt_ptr, 0)
+
+
+_NUM_WARPS = 8
+
+
+def _common(layout: FlatLayout, flat: torch.Tensor, gates, grad_scale, found_inf):
+    if flat.device.type != "cuda" and not interpret_mode():
+        raise RuntimeError(
+            "the Triton masked update needs CUDA tensors, or TRITON_INTERPRET=1 set before triton "
+            "is imported to run on CPU tensors"
+        )
+    tables = layout.tables
+    dummy = tables["group_end"]
+    if gates is not None:
+        if gates.numel() < layout.n_layers:
+            raise ValueError(f"gates has {gates.numel()} entries, the layout has {layout.n_layers} layers")
+        gates = gates.reshape(-1)
+        if gates.dtype == torch.bool:
+            gates = gates.view(torch.uint8)  # same bytes; loads as an integer on every backend
+    return tables, dummy, gates
+
+
+def _nonfinite(layout, grads, gates, grad_scale, tables, dummy) -> torch.Tensor:
+    out = torch.empty((), dtype=torch.float32, device=grads.device)
+    partial = torch.empty(layout.n_blocks, dtype=torch.int32, device=grads.device)
+    cnt = zeroed_workspace("masked_update_inf_cnt", grads.device, 1, torch.int32)
+    _nonfinite_kernel[(layout.n_blocks,)](
+        grads, tables["block_group"], tables["group_layer"], tables["group_end"],
+        gates if gates is not None else dummy, grad_scale, partial, cnt, out,
+        HAS_GATES=gates is not None, BLOCK=layout.block, RED=1024, num_warps=_NUM_WARPS,
+    )
+    return out
+
+
+def _launch(kernel, layout, bufs, steps, hp, gates, grad_scale, found_inf):
+    grads = bufs[1]
+    tables, dummy, gates = _common(layout, grads, gates, grad_scale, found_inf)
+    if grad_scale is not None and not isinstance(grad_scale, torch.Tensor):
+        grad_scale = torch.full((), float(grad_scale), device=grads.device)
+    if grad_scale is not None and found_inf is None:
+        found_inf = _nonfinite(layout, grads, gates, grad_scale, tables, dummy)
+    cnt = zeroed_workspace("masked_update_cnt", grads.device, 1, torch.int32)
+    kernel[(layout.n_blocks,)](
+        *bufs, tables["block_group"], tables["group_layer"], tables["group_end"], hp, steps,
+        gates if gates is not None else dummy,
+        grad_scale if grad_scale is not None else dummy,
+        found_inf if found_inf is not None else dummy,
+        cnt, layout.n_groups,
+        HAS_GATES=gates is not None, HAS_SCALE=grad_scale is not None, HAS_INF=found_inf is not None,
+        G_PAD=next_pow2(max(layout.n_groups, 1)), BLOCK=layout.block, HP=HP_COLS,
+        num_warps=_NUM_WARPS,
+    )
+    return found_inf
+
+
+def masked_adamw_step(
+    layout: FlatLayout, params, grads, exp_avg, exp_avg_sq, steps, hp,
+    gates: Optional[torch.Tensor] = None, grad_scale=None, found_inf=None,
+):
+    """Masked AdamW step in one launch (two with ``grad_scale`` and no ``found_inf``)."""
+    return _launch(_masked_adamw_kernel, layout, (params, grads, exp_avg, exp_avg_sq), steps, hp,
+                   gates, grad_scale, found_inf)
+
+
+def masked_sgd_step(
+    layout: FlatLayout, params, grads, momentum_buffer, steps, hp,
+    gates: Optional[torch.Tensor] = None, grad_scale=None, found_inf=None,
+):
+    """Masked SGD step in one launch (two with ``grad_scale`` and no ``found_inf``)."""
+    return _launch(_masked_sgd_kernel, layout, (params, grads, momentum_buffer), steps, hp,
+                   gates, grad_scale, found_inf)
+
+
+def compile_cases():
+    """Example launches for :mod:`kernels._compile_check`."""
+    cases = []
+    f32 = torch.empty(0, dtype=torch.float32)
+    i32 = torch.empty(0, dtype=torch.int32)
+    i64 = torch.empty(0, dtype=torch.int64)
+    u8 = torch.empty(0, dtype=torch.uint8)
+    for dt in (torch.float32, torch.bfloat16):
+        buf = torch.empty(0, dtype=dt)
+        for flags in ((True, True, True), (False, False, False)):
+            common = dict(blk_group_ptr=i32, grp_layer_ptr=i32, grp_end_ptr=i64, hp_ptr=f32,
+                          step_ptr=f32, gates_ptr=f32 if flags[0] else i64, scale_ptr=f32,
+                          inf_ptr=f32, cnt_ptr=i32, G=12)
+            const = dict(HAS_GATES=flags[0], HAS_SCALE=flags[1], HAS_INF=flags[2], G_PAD=16,
+                         BLOCK=4096, HP=HP_COLS)
+            cases.append((f"masked_adamw[{dt},{flags}]", _masked_adamw_kernel,
+                          dict(p_ptr=buf, g_ptr=buf, m_ptr=buf, v_ptr=buf, **common), const, _NUM_WARPS))
+            cases.append((f"masked_sgd[{dt},{flags}]", _masked_sgd_kernel,
+                          dict(p_ptr=buf, g_ptr=buf, buf_ptr=buf, **common), const, _NUM_WARPS))
+        cases.append((f"nonfinite[{dt}]", _nonfinite_kernel,
+                       dict(g_ptr=buf, blk_group_ptr=i32, grp_layer_ptr=i32, grp_end_ptr=i64,
+                            gates_ptr=u8, scale_ptr=f32, partial_ptr=i32, cnt_ptr=i32, out_ptr=f32),
+                       dict(HAS_GATES=True, BLOCK=4096, RED=1024), _NUM_WARPS))
+    return cases
