@@ -49,14 +49,6 @@ def make_optimizer(params, optim_cfg) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=optim_cfg.lr, weight_decay=optim_cfg.weight_decay)
 
 
-def task_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, generator: torch.Generator):
-    """Shuffled batches of one task's training tensors (already on the device)."""
-    perm = torch.randperm(x.shape[0], generator=generator).to(x.device)
-    for s in range(0, x.shape[0], batch_size):
-        idx = perm[s : s + batch_size]
-        yield x[idx], y[idx]
-
-
 class Trainer:
     def __init__(self, cfg: Config, run_dir: str | None = None):
         self.cfg = cfg
@@ -83,22 +75,20 @@ class Trainer:
     # ------------------------------------------------------------------ training
     def train_task(self, t: int) -> None:
         cfg, net, method = self.cfg, self.net, self.method
-        data = self.stream.task(t)
-        x_all = data.train_x.to(self.device)
-        y_all = data.train_y.to(self.device)
         net.train()
         method.begin_task(t)
         opt = make_optimizer(method.parameters(), cfg.optim)
-        steps_per_epoch = -(-x_all.shape[0] // cfg.data.batch_size)
+        steps_per_epoch = method.num_train_batches(t, cfg.data.batch_size)
         bar = tqdm(total=steps_per_epoch * cfg.optim.epochs, desc=f"task {t + 1}/{self.stream.n_tasks}",
                    disable=not cfg.log.progress, leave=False)
         seen, t0 = 0, time.perf_counter()
         for epoch in range(cfg.optim.epochs):
-            for x, y in task_batches(x_all, y_all, cfg.data.batch_size, self.shuffle):
+            for x, y in method.train_batches(t, cfg.data.batch_size, self.shuffle):
                 batch = Batch(x=x, x_aug=self.stream.augment(x), y=y, task=t)
                 out = method.loss(batch)
                 opt.zero_grad(set_to_none=True)
                 out.loss.backward()
+                method.after_backward(batch, out)
                 opt.step()
                 method.after_step(batch, out)
                 self.step += 1

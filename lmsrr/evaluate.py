@@ -17,19 +17,18 @@ def evaluate_seen_tasks(predict, stream, last_task: int, device, batch_size: int
     n_seen = stream.seen_classes(last_task)
     cil, til = [], []
     for t in range(last_task + 1):
-        data = stream.task(t)
-        lo, hi = data.classes[0], data.classes[-1] + 1
+        lo, hi = t * stream.classes_per_task, (t + 1) * stream.classes_per_task
         correct_c = torch.zeros((), dtype=torch.long, device=device)
         correct_t = torch.zeros((), dtype=torch.long, device=device)
-        n = data.test_x.shape[0]
-        starts = range(0, n, batch_size)
-        for s in tqdm(starts, desc=f"eval task {t + 1}", leave=False, disable=not progress):
-            x = to_float(data.test_x[s : s + batch_size].to(device, non_blocking=True))
-            y = data.test_y[s : s + batch_size].to(device, non_blocking=True)
-            logits = predict(x)
+        n = torch.zeros((), dtype=torch.long, device=device)
+        for x, y in tqdm(stream.test_batches(t, batch_size, device), desc=f"eval task {t + 1}",
+                         leave=False, disable=not progress):
+            logits = predict(to_float(x))
             correct_c += (logits[:, :n_seen].argmax(1) == y).sum()
             correct_t += (logits[:, lo:hi].argmax(1) + lo == y).sum()
+            n += y.numel()
         # One host sync per task, outside any training loop.
+        n = n.item()
         cil.append(100.0 * correct_c.item() / n)
         til.append(100.0 * correct_t.item() / n)
     return cil, til

@@ -7,6 +7,7 @@ torchvision (or the CIFAR website's python tarball) unpacks them. Nothing is dow
 from __future__ import annotations
 
 import os
+import pickle
 
 import numpy as np
 import torch
@@ -17,39 +18,48 @@ from lmsrr.data.stream import ContinualStream
 from lmsrr.errors import DataNotFoundError
 
 _CIFAR = {
-    "seq-cifar10": dict(folder="cifar-10-batches-py", cls="CIFAR10", n_tasks=5, per_task=2,
+    "seq-cifar10": dict(folder="cifar-10-batches-py", cls="CIFAR10", n_tasks=5, per_task=2, label_key="labels",
+                        train=[f"data_batch_{i}" for i in range(1, 6)], test=["test_batch"],
                         url="https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"),
-    "seq-cifar100": dict(folder="cifar-100-python", cls="CIFAR100", n_tasks=10, per_task=10,
+    "seq-cifar100": dict(folder="cifar-100-python", cls="CIFAR100", n_tasks=10, per_task=10, label_key="fine_labels",
+                         train=["train"], test=["test"],
                          url="https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"),
 }
 
 
-def load_cifar_tensors(name: str, root: str, download: bool):
-    import torchvision
+def _read_pickles(path: str, names: list[str], label_key: str):
+    xs, ys = [], []
+    for name in names:
+        f = os.path.join(path, name)
+        if not os.path.isfile(f):
+            raise DataNotFoundError(f"incomplete dataset: {f} is missing")
+        try:
+            with open(f, "rb") as fh:
+                d = pickle.load(fh, encoding="latin1")
+            xs.append(np.asarray(d["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+            ys.append(np.asarray(d[label_key], dtype=np.int64))
+        except (pickle.UnpicklingError, EOFError, KeyError, ValueError) as e:
+            raise DataNotFoundError(f"{f} is not a readable CIFAR batch ({type(e).__name__}: {e}); "
+                                    f"re-extract the dataset or pass --download") from e
+    return torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys))
 
+
+def load_cifar_tensors(name: str, root: str, download: bool):
     spec = _CIFAR[name]
     path = os.path.join(root, spec["folder"])
-    if not os.path.isdir(path) and not download:
-        raise DataNotFoundError(
-            f"{name}: dataset not found; expected the folder {os.path.abspath(path)} "
-            f"(torchvision's layout, unpacked from {spec['url']}). Put it there, point "
-            f"--data-root at its parent, or pass --download to fetch it."
-        )
-    ds_cls = getattr(torchvision.datasets, spec["cls"])
-    try:
-        train = ds_cls(root, train=True, download=download)
-        test = ds_cls(root, train=False, download=download)
-    except RuntimeError as e:  # torchvision's integrity check failed
-        raise DataNotFoundError(
-            f"{name}: the files under {os.path.abspath(path)} are incomplete or corrupt ({e}). "
-            f"Re-extract {spec['url']} there or pass --download."
-        ) from e
+    if not os.path.isdir(path):
+        if not download:
+            raise DataNotFoundError(
+                f"{name}: dataset not found; expected the folder {os.path.abspath(path)} "
+                f"(torchvision's layout, unpacked from {spec['url']}). Put it there, point "
+                f"--data-root at its parent, or pass --download to fetch it."
+            )
+        import torchvision
 
-    def tensors(ds):
-        x = torch.from_numpy(np.ascontiguousarray(ds.data.transpose(0, 3, 1, 2)))  # N,3,32,32
-        return x, torch.as_tensor(ds.targets, dtype=torch.long)
-
-    return (*tensors(train), *tensors(test))
+        getattr(torchvision.datasets, spec["cls"])(root, train=True, download=True)
+    train = _read_pickles(path, spec["train"], spec["label_key"])
+    test = _read_pickles(path, spec["test"], spec["label_key"])
+    return (*train, *test)
 
 
 def _cifar_stream(name: str, data_cfg) -> ContinualStream:

@@ -7,6 +7,7 @@ images and augmentation runs batched on the training device.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 
@@ -95,3 +96,24 @@ class ContinualStream:
             test_x=self._test[0][te],
             test_y=self._test[1][te],
         )
+
+    def train_batches(self, t: int, batch_size: int, generator: torch.Generator,
+                      device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """One epoch of task t's training data: shuffled (uint8 x, y) batches on ``device``."""
+        data = self.task(t)
+        x, y = data.train_x.to(device), data.train_y.to(device)
+        perm = torch.randperm(x.shape[0], generator=generator).to(device)
+        for s in range(0, x.shape[0], batch_size):
+            idx = perm[s : s + batch_size]
+            yield x[idx], y[idx]
+
+    def num_train_batches(self, t: int, batch_size: int) -> int:
+        return -(-int((self._train[1] // self.classes_per_task == t).sum()) // batch_size)
+
+    def test_batches(self, t: int, batch_size: int,
+                     device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Task t's test split in order: (uint8 x, y) batches on ``device``."""
+        data = self.task(t)
+        for s in range(0, data.test_x.shape[0], batch_size):
+            yield (data.test_x[s : s + batch_size].to(device, non_blocking=True),
+                   data.test_y[s : s + batch_size].to(device, non_blocking=True))

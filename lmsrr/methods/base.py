@@ -43,8 +43,18 @@ class ContinualMethod:
     def begin_task(self, task: int) -> None:
         self.task = task
 
+    def train_batches(self, task: int, batch_size: int, generator: torch.Generator):
+        """The batches of one epoch of ``task`` (override to train on other data, e.g. joint)."""
+        return self.stream.train_batches(task, batch_size, generator, self.device)
+
+    def num_train_batches(self, task: int, batch_size: int) -> int:
+        return self.stream.num_train_batches(task, batch_size)
+
     def loss(self, batch: Batch) -> StepOutput:
         raise NotImplementedError
+
+    def after_backward(self, batch: Batch, out: StepOutput) -> None:
+        """Called between backward and the optimizer step (e.g. to project gradients)."""
 
     def after_step(self, batch: Batch, out: StepOutput) -> None:
         pass
