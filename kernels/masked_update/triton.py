@@ -32,7 +32,8 @@ def _group_active(grp, grp_layer_ptr, gates_ptr, inf_ptr, HAS_GATES: tl.constexp
         layer = tl.load(grp_layer_ptr + grp)
         on = on & (tl.load(gates_ptr + layer).to(tl.float32) != 0)
     if HAS_INF:
-        on = on & (tl.load(inf_ptr).to(tl.float32) == 0)
+        # (integer product: the interpreter cannot broadcast a bool `&` with a loaded scalar)
+        on = (on.to(tl.int32) * (tl.load(inf_ptr).to(tl.float32) == 0).to(tl.int32)) != 0
     return on
 
 
@@ -50,7 +51,7 @@ def _advance_steps(step_ptr, grp_layer_ptr, gates_ptr, inf_ptr, cnt_ptr, G,
             layer = tl.load(grp_layer_ptr + gi, mask=gm, other=0)
             on = on & (tl.load(gates_ptr + layer, mask=gm, other=0).to(tl.float32) != 0)
         if HAS_INF:
-            on = on & (tl.load(inf_ptr).to(tl.float32) == 0)
+            on = (on.to(tl.int32) * (tl.load(inf_ptr).to(tl.float32) == 0).to(tl.int32)) != 0
         st = tl.load(step_ptr + gi, mask=gm, other=0.0)
         tl.store(step_ptr + gi, st + on.to(tl.float32), mask=gm)
         tl.store(cnt_ptr, 0)

@@ -43,6 +43,8 @@ DEVICE = torch.device("cuda" if HAS_CUDA else "cpu")
 
 
 def pytest_configure(config):
+    # read by test_kernels_compile_and_isolation.py (test modules should not import conftest)
+    config._lmsrr_triton_preimported = TRITON_PREIMPORTED_WITHOUT_INTERPRETER and not HAS_CUDA
     config.addinivalue_line("markers", "triton: runs a Triton kernel (CUDA or the CPU interpreter)")
 
 
