@@ -83,8 +83,8 @@ class Trainer:
                    disable=not cfg.log.progress, leave=False)
         seen, t0 = 0, time.perf_counter()
         for epoch in range(cfg.optim.epochs):
-            for x, y in method.train_batches(t, cfg.data.batch_size, self.shuffle):
-                batch = Batch(x=x, x_aug=self.stream.augment(x), y=y, task=t)
+            for x, x_aug, y in method.train_batches(t, cfg.data.batch_size, self.shuffle):
+                batch = Batch(x=x, x_aug=x_aug, y=y, task=t)
                 out = method.loss(batch)
                 opt.zero_grad(set_to_none=True)
                 out.loss.backward()

@@ -17,7 +17,7 @@ def evaluate_seen_tasks(predict, stream, last_task: int, device, batch_size: int
     n_seen = stream.seen_classes(last_task)
     cil, til = [], []
     for t in range(last_task + 1):
-        lo, hi = t * stream.classes_per_task, (t + 1) * stream.classes_per_task
+        lo, hi = stream.task_class_range(t)
         correct_c = torch.zeros((), dtype=torch.long, device=device)
         correct_t = torch.zeros((), dtype=torch.long, device=device)
         n = torch.zeros((), dtype=torch.long, device=device)

@@ -75,8 +75,13 @@ class ContinualStream:
         return tuple(self._train[0].shape[1:])
 
     def task_classes(self, t: int) -> list[int]:
+        lo, hi = self.task_class_range(t)
+        return list(range(lo, hi))
+
+    def task_class_range(self, t: int) -> tuple[int, int]:
+        """[lo, hi): the labels a task-IL prediction for task t chooses among."""
         c = self.classes_per_task
-        return list(range(t * c, (t + 1) * c))
+        return t * c, (t + 1) * c
 
     def seen_classes(self, t: int) -> int:
         """Number of labels seen after training task t (the class-IL output range)."""
@@ -98,14 +103,18 @@ class ContinualStream:
         )
 
     def train_batches(self, t: int, batch_size: int, generator: torch.Generator,
-                      device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """One epoch of task t's training data: shuffled (uint8 x, y) batches on ``device``."""
+                      device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """One epoch of task t's training data: shuffled (x, x_aug, y) batches on ``device``.
+
+        x: un-augmented uint8 images (what a replay buffer stores); x_aug: ``augment(x)``.
+        """
         data = self.task(t)
         x, y = data.train_x.to(device), data.train_y.to(device)
         perm = torch.randperm(x.shape[0], generator=generator).to(device)
         for s in range(0, x.shape[0], batch_size):
             idx = perm[s : s + batch_size]
-            yield x[idx], y[idx]
+            xb = x[idx]
+            yield xb, self.augment(xb), y[idx]
 
     def num_train_batches(self, t: int, batch_size: int) -> int:
         return -(-int((self._train[1] // self.classes_per_task == t).sum()) // batch_size)
