@@ -145,12 +145,25 @@ class RuntimeConfig:
     seed: int = _f(0, "random seed for weights, shuffling, augmentation and replay")
     deterministic: bool = _f(False, "use deterministic algorithms (slower)")
     threads: int = _f(0, "CPU threads for torch (0 = torch's default)")
+    precision: str = _f(
+        "auto", "'auto' (bf16 autocast on GPU, fp32 on CPU), 'bf16', 'fp16' (with a gradient "
+        "scaler) or 'fp32'", choices=("auto", "bf16", "fp16", "fp32"))
+    compile: bool = _f(False, "torch.compile the trainable blocks, fusion and head")
+    compile_backend: str = _f("inductor", "torch.compile backend (e.g. inductor, aot_eager, eager)")
+    eval_cache_mb: int = _f(
+        1024, "memory budget (MiB) for caching the frozen prefixes' outputs on the test sets, so "
+        "later evaluations run only the trainable top (0 disables)")
+    dist_backend: str = _f("auto", "torch.distributed backend under torchrun: 'auto' (nccl on "
+                           "GPU, gloo on CPU), 'nccl' or 'gloo'", choices=("auto", "nccl", "gloo"))
 
     def __post_init__(self):
         d = self.device
         _check(d in ("auto", "cpu", "cuda") or (d.startswith("cuda:") and d[5:].isdigit()),
                f"device={d!r}: use 'auto', 'cpu', 'cuda' or 'cuda:N'")
         _check(self.threads >= 0, f"threads must be >= 0, got {self.threads}")
+        _check_choice("precision", self.precision, ("auto", "bf16", "fp16", "fp32"))
+        _check_choice("dist_backend", self.dist_backend, ("auto", "nccl", "gloo"))
+        _check(self.eval_cache_mb >= 0, f"eval_cache_mb must be >= 0, got {self.eval_cache_mb}")
 
 
 @dataclass

@@ -7,7 +7,7 @@ import torch
 from lmsrr.data import build_stream
 from lmsrr.methods import Batch, build_method
 from lmsrr.models import build_net
-from released_step import released_loss
+from lmsrr.released import released_loss
 
 
 def _grads(net):

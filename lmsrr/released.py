@@ -1,5 +1,6 @@
 """A straightforward implementation of the released code's training step (models/lmsrr.py and
-backbone/LMSRR.py of CL-Coder236/LMSRR), used as the truth for our single-pass step.
+backbone/LMSRR.py of CL-Coder236/LMSRR): the truth our single-prefix-pass step is tested against
+(tests/test_equivalence.py) and the baseline provider of the step benchmark (bench/).
 
 Four forward passes: the net for logits, the net again for features, the whole old net for its
 features, the net on the replay batch. Each pass runs every source's complete timm forward and
