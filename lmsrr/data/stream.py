@@ -103,26 +103,43 @@ class ContinualStream:
         )
 
     def train_batches(self, t: int, batch_size: int, generator: torch.Generator,
-                      device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+                      device: torch.device, shard_id: int = 0, num_shards: int = 1
+                      ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """One epoch of task t's training data: shuffled (x, x_aug, y) batches on ``device``.
 
         x: un-augmented uint8 images (what a replay buffer stores); x_aug: ``augment(x)``.
+        With ``num_shards`` > 1 (DDP) every rank draws the same permutation (same generator
+        state) and takes every num_shards-th sample; the permutation is padded by wrapping around
+        so all ranks run the same number of steps (as torch's DistributedSampler does).
         """
         data = self.task(t)
         x, y = data.train_x.to(device), data.train_y.to(device)
-        perm = torch.randperm(x.shape[0], generator=generator).to(device)
-        for s in range(0, x.shape[0], batch_size):
+        perm = shard_indices(torch.randperm(x.shape[0], generator=generator), shard_id, num_shards)
+        perm = perm.to(device)
+        for s in range(0, perm.shape[0], batch_size):
             idx = perm[s : s + batch_size]
             xb = x[idx]
             yield xb, self.augment(xb), y[idx]
 
-    def num_train_batches(self, t: int, batch_size: int) -> int:
-        return -(-int((self._train[1] // self.classes_per_task == t).sum()) // batch_size)
+    def num_train_batches(self, t: int, batch_size: int, num_shards: int = 1) -> int:
+        n = int((self._train[1] // self.classes_per_task == t).sum())
+        return -(-(-(-n // num_shards)) // batch_size)
 
-    def test_batches(self, t: int, batch_size: int,
-                     device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Task t's test split in order: (uint8 x, y) batches on ``device``."""
+    def test_batches(self, t: int, batch_size: int, device: torch.device, shard_id: int = 0,
+                     num_shards: int = 1) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Task t's test split in order (this shard's every num_shards-th sample, no padding, so
+        counts summed over shards cover each test sample exactly once)."""
         data = self.task(t)
-        for s in range(0, data.test_x.shape[0], batch_size):
-            yield (data.test_x[s : s + batch_size].to(device, non_blocking=True),
-                   data.test_y[s : s + batch_size].to(device, non_blocking=True))
+        tx, ty = data.test_x[shard_id::num_shards], data.test_y[shard_id::num_shards]
+        for s in range(0, tx.shape[0], batch_size):
+            yield (tx[s : s + batch_size].to(device, non_blocking=True),
+                   ty[s : s + batch_size].to(device, non_blocking=True))
+
+
+def shard_indices(perm: torch.Tensor, shard_id: int, num_shards: int) -> torch.Tensor:
+    """This shard's part of a permutation, padded by wrap-around to equal length on every shard."""
+    if num_shards == 1:
+        return perm
+    per_shard = -(-perm.shape[0] // num_shards)
+    padded = perm.repeat(-(-per_shard * num_shards // perm.shape[0]))[: per_shard * num_shards]
+    return padded[shard_id::num_shards]
