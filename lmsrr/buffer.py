@@ -76,3 +76,20 @@ class ReservoirBuffer:
         for k in ("x", "y", "logits", "task"):
             getattr(self, k).copy_(state[k])
         self.seen = int(state["seen"])
+
+
+def make_buffer(total_size: int, stream, device) -> ReservoirBuffer | None:
+    """The replay buffer of this rank: ``total_size`` slots split evenly across DDP ranks.
+
+    Each rank runs a reservoir over its own shard of the stream. Shards are a uniformly random
+    partition (a shared random permutation dealt round-robin), and a reservoir of C/W slots over
+    N/W samples keeps each of them with probability (C/W)/(N/W) = C/N: exactly the inclusion
+    probability of one global reservoir of C slots over N samples. The union is a uniform sample
+    stratified by shard, and each rank replays from its own part.
+    """
+    from lmsrr import distributed
+
+    local = distributed.local_share(total_size)
+    if local == 0:
+        return None
+    return ReservoirBuffer(local, stream.image_shape, stream.n_classes, device)

@@ -10,6 +10,9 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
+from lmsrr import distributed
+from lmsrr.models.net import TrainableTop
+
 
 @dataclass
 class Batch:
@@ -35,6 +38,10 @@ class ContinualMethod:
         self.stream = stream
         self.device = device
         self.task = 0
+        # Training forwards through the trainable blocks, fusion and head must go through
+        # self.top(*groups) (see TrainableTop): the engine swaps in its compiled / DDP-wrapped
+        # version, so gradients are synchronised across ranks. Evaluation may use self.net.
+        self.top = TrainableTop(net)
 
     def parameters(self) -> list[nn.Parameter]:
         """Parameters the optimizer updates."""
@@ -45,10 +52,11 @@ class ContinualMethod:
 
     def train_batches(self, task: int, batch_size: int, generator: torch.Generator):
         """The batches of one epoch of ``task`` (override to train on other data, e.g. joint)."""
-        return self.stream.train_batches(task, batch_size, generator, self.device)
+        return self.stream.train_batches(task, batch_size, generator, self.device,
+                                         distributed.rank(), distributed.world_size())
 
     def num_train_batches(self, task: int, batch_size: int) -> int:
-        return self.stream.num_train_batches(task, batch_size)
+        return self.stream.num_train_batches(task, batch_size, distributed.world_size())
 
     def loss(self, batch: Batch) -> StepOutput:
         raise NotImplementedError
@@ -64,7 +72,13 @@ class ContinualMethod:
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        """Logits for evaluation. Override :meth:`predict_from_prefix` instead where possible:
+        evaluation then reuses cached prefix outputs."""
+        return self.predict_from_prefix(self.net.prefix(x))
+
+    @torch.no_grad()
+    def predict_from_prefix(self, zs: list[torch.Tensor]) -> torch.Tensor:
+        return self.net.top(zs)[1]
 
     def state_dict(self) -> dict:
         return {}

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 import kernels.distill
-from lmsrr.buffer import ReservoirBuffer
+from lmsrr.buffer import make_buffer
 from lmsrr.methods.base import Batch, ContinualMethod, StepOutput
 from lmsrr.methods.registry import register_method
 
@@ -26,14 +26,20 @@ class LMSRR(ContinualMethod):
         super().__init__(cfg, net, stream, device)
         m = cfg.method
         self.alpha, self.beta, self.replay_batch = m.alpha, m.beta, m.replay_batch_size
-        self.buffer = (ReservoirBuffer(m.buffer_size, stream.image_shape, stream.n_classes, device)
-                       if m.buffer_size > 0 else None)
+        self.buffer = make_buffer(m.buffer_size, stream, device)
         self.old_blocks = None
 
     def begin_task(self, task: int) -> None:
         super().begin_task(task)
-        # Only the trainable blocks can drift, so the old model is just their snapshot.
-        self.old_blocks = self.net.snapshot_blocks() if task > 0 and self.alpha > 0 else None
+        if task == 0 or self.alpha == 0:
+            self.old_blocks = None
+        elif self.old_blocks is None:
+            # Only the trainable blocks can drift, so the old model is just their snapshot.
+            self.old_blocks = self.net.snapshot_blocks()
+        else:  # refresh in place: same modules, same memory, nothing to recompile
+            for old, src in zip(self.old_blocks, self.net.sources):
+                for b_old, b in zip(old, src.blocks):
+                    b_old.load_state_dict(b.state_dict())
 
     def _replay_inputs(self):
         if self.buffer is None or self.buffer.is_empty() or self.beta == 0:
@@ -48,7 +54,9 @@ class LMSRR(ContinualMethod):
         n = x.shape[0]
         shared = replay is not None and not net.has_batch_stats
         zs = net.prefix(torch.cat([x, replay[0]]) if shared else x)
-        hs, logits_all = net.top(zs)
+        groups = [zs] if replay is None or shared else [zs, net.prefix(replay[0])]
+        outs = self.top(*groups)
+        hs, logits_all = outs[0]
         logits = logits_all[:n]
         terms = {"loss/ce": F.cross_entropy(logits, y)}
         total = terms["loss/ce"]
@@ -65,7 +73,7 @@ class LMSRR(ContinualMethod):
             total = total + self.alpha * terms["loss/distill"]
 
         if replay is not None:
-            buf_logits = logits_all[n:] if shared else net(replay[0])
+            buf_logits = logits_all[n:] if shared else outs[1][1]
             terms["loss/replay"] = F.mse_loss(buf_logits, replay[1])
             total = total + self.beta * terms["loss/replay"]
         return StepOutput(total, logits, terms)

@@ -66,6 +66,23 @@ class LMSRRNet(nn.Module):
         return old.train(self.training)
 
 
+class TrainableTop(nn.Module):
+    """The trainable part of a step as one module: the unit the engine compiles and DDP-wraps.
+
+    ``forward(zs_a, zs_b, ...)`` runs the blocks, fusion and head on each group of prefix outputs
+    separately and returns ``((hs_a, logits_a), (hs_b, logits_b), ...)``; groups are separate
+    only when batch statistics must not mix (stream vs replay with BatchNorm sources), and one
+    call keeps DDP to one forward per step.
+    """
+
+    def __init__(self, net: LMSRRNet):
+        super().__init__()
+        self.net = net
+
+    def forward(self, *groups: list[torch.Tensor]) -> tuple[tuple[Hiddens, torch.Tensor], ...]:
+        return tuple(self.net.top(zs) for zs in groups)
+
+
 def build_net(model_cfg, method_cfg, n_classes: int) -> LMSRRNet:
     specs = parse_sources(model_cfg.sources)
     weights = _weights_per_source(model_cfg.pretrained, len(specs))
