@@ -56,10 +56,29 @@ class DataConfig:
     )
     batch_size: int = _f(32, "stream batch size per step")
     eval_batch_size: int = _f(256, "batch size for evaluation")
+    loader: str = _f(
+        "auto", "input pipeline: 'dali' (NVIDIA DALI; GPU decode and augmentation when training on "
+        "CUDA), 'torch', or 'auto' (DALI when installed)", choices=("auto", "dali", "torch"),
+    )
+    loader_workers: int = _f(0, "DALI threads / torch DataLoader worker processes (0 = one per CPU core)")
+    image_size: int = _f(
+        0, "resolution of file datasets' images (ImageNet-R, CUB-200, Cars-196; 0 = 224); in-memory "
+        "datasets keep their native size",
+    )
+    augment: bool = _f(True, "training augmentation of stream and replayed samples")
+    split_seed: int = _f(0, "seed of the fixed dataset splits: ImageNet-R's 80/20 split, rot-mnist's angles")
+    verify_images: bool = _f(
+        True, "decode every image file once when the stream is built, to report and skip corrupt "
+        "files before training (--no-verify-images reads headers only)",
+    )
 
     def __post_init__(self):
         _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         _check(self.eval_batch_size >= 1, f"eval_batch_size must be >= 1, got {self.eval_batch_size}")
+        _check_choice("loader", self.loader, ("auto", "dali", "torch"))
+        _check(self.loader_workers >= 0, f"loader_workers must be >= 0, got {self.loader_workers}")
+        _check(self.image_size == 0 or self.image_size >= 8,
+               f"image_size must be 0 (the default, 224) or >= 8, got {self.image_size}")
         order = self.class_order
         ok = order == "natural" or (order.startswith("seed:") and order[5:].lstrip("-").isdigit())
         _check(ok, f"class_order={order!r}: use 'natural' or 'seed:N' (N an integer)")

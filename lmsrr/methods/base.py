@@ -42,6 +42,13 @@ class ContinualMethod:
         # self.top(*groups) (see TrainableTop): the engine swaps in its compiled / DDP-wrapped
         # version, so gradients are synchronised across ranks. Evaluation may use self.net.
         self.top = TrainableTop(net)
+        type(self).check_config(cfg, stream)
+
+    @classmethod
+    def check_config(cls, cfg, stream) -> None:
+        """Raise :class:`lmsrr.errors.ConfigError` (naming the flag) for a configuration or
+        stream this method cannot run with. Runs in the constructor, before any training, and
+        ``lmsrr-compare`` runs it for every method before the first one trains."""
 
     def parameters(self) -> list[nn.Parameter]:
         """Parameters the optimizer updates."""

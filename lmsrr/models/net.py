@@ -65,6 +65,28 @@ class LMSRRNet(nn.Module):
         old.requires_grad_(False)
         return old.train(self.training)
 
+    # The baselines (lmsrr/methods/) read the network through these; nothing above uses them.
+    def fused(self, hs: Hiddens) -> torch.Tensor:
+        """The fused feature (the classifier's input) of the trainable blocks' outputs ``hs``."""
+        return self.fusion([s.tail(h[-1]) for s, h in zip(self.sources, hs)])
+
+    def fused_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Fused features of float images in [0, 1] (NMC and iCaRL's class means, herding)."""
+        return self.fused(self.top_hiddens(self.prefix(x)))
+
+    def snapshot_top(self) -> nn.ModuleDict:
+        """Frozen copy of everything a step trains (blocks, fusion, classifier): the previous
+        model of LwF and iCaRL. The prefixes are frozen, so with them it is the whole old net."""
+        snap = nn.ModuleDict({"blocks": self.snapshot_blocks(), "fusion": copy.deepcopy(self.fusion),
+                              "classifier": copy.deepcopy(self.classifier)})
+        snap.requires_grad_(False)
+        return snap.train(self.training)
+
+    def logits_with(self, zs: list[torch.Tensor], snap: nn.ModuleDict) -> torch.Tensor:
+        """Logits of a :meth:`snapshot_top` copy on prefix outputs ``zs``."""
+        hs = self.top_hiddens(zs, snap["blocks"])
+        return snap["classifier"](snap["fusion"]([s.tail(h[-1]) for s, h in zip(self.sources, hs)]))
+
 
 class TrainableTop(nn.Module):
     """The trainable part of a step as one module: the unit the engine compiles and DDP-wraps.

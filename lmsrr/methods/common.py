@@ -1,0 +1,136 @@
+"""What the baseline methods share: their parameters, one training forward for several input
+groups, replay buffers with clear start-up errors, batches over a union of data, feature encoding.
+
+Every baseline runs on the same network as LMSRR (sources, MSIDF fusion, classifier), so a
+comparison differs only in the method. The ARO switch vector belongs to LMSRR's distillation;
+baselines leave it out of the optimizer.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from lmsrr import distributed
+from lmsrr.buffer import ReservoirBuffer, make_buffer
+from lmsrr.data.augment import to_float
+from lmsrr.errors import ConfigError
+from lmsrr.methods.base import ContinualMethod
+
+
+def trained_parameters(net: nn.Module) -> list[nn.Parameter]:
+    """The trainable parameters of the network except the ARO switch vector (LMSRR's only)."""
+    switch = {id(p) for p in net.switch.parameters()}
+    return [p for p in net.parameters() if p.requires_grad and id(p) not in switch]
+
+
+def require_buffer(cfg, method: str) -> None:
+    if cfg.method.buffer_size < 1:
+        raise ConfigError(f"method {method!r} needs a replay memory: --buffer-size must be >= 1 "
+                          f"(got {cfg.method.buffer_size})")
+
+
+def replay_buffer(cfg, stream, device, method: str) -> ReservoirBuffer:
+    """This rank's reservoir (``--buffer-size`` slots split across DDP ranks)."""
+    require_buffer(cfg, method)
+    buf = make_buffer(cfg.method.buffer_size, stream, device)
+    if buf is None:  # fewer slots than ranks: some rank would replay nothing
+        raise ConfigError(f"method {method!r}: --buffer-size {cfg.method.buffer_size} is smaller "
+                          f"than the number of ranks ({distributed.world_size()}); every rank needs "
+                          f"at least one slot")
+    return buf
+
+
+def require_class_il(stream, method: str) -> None:
+    setting = getattr(stream, "setting", "class-il")
+    if setting != "class-il":
+        raise ConfigError(f"method {method!r} is defined for class-incremental streams only; "
+                          f"stream {stream.name!r} is {setting}")
+
+
+def soft_cross_entropy(target_logits: torch.Tensor, logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """-mean_b sum_c softmax(target/T)_c * log_softmax(logits/T)_c (KL plus a constant)."""
+    target = torch.softmax(target_logits.float() / temperature, dim=1)
+    return -(target * F.log_softmax(logits.float() / temperature, dim=1)).sum(1).mean()
+
+
+@contextlib.contextmanager
+def eval_mode(net: nn.Module):
+    """Evaluation mode (fixed dropout / batch statistics) for task-end passes, then restored."""
+    was = net.training
+    net.eval()
+    try:
+        yield net
+    finally:
+        net.train(was)
+
+
+@torch.no_grad()
+def encode(net, x: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
+    """Fused features (N, D) in float32 of uint8 images ``x``, un-augmented, in eval mode."""
+    out = []
+    with eval_mode(net):
+        for s in range(0, x.shape[0], batch_size):
+            xb = to_float(x[s : s + batch_size].to(device, non_blocking=True))
+            out.append(net.fused_features(xb).float())
+    if not out:
+        return torch.zeros(0, net.classifier.in_features, device=device)
+    return torch.cat(out)
+
+
+def require_in_memory(stream, method: str) -> None:
+    """Methods that read whole tasks at once (``stream.task``) need an in-memory stream."""
+    try:
+        stream.task(0)
+    except TypeError as e:
+        raise ConfigError(f"method {method!r} reads whole tasks from memory (stream.task); stream "
+                          f"{stream.name!r} decodes its images from disk per batch, which it does "
+                          f"not support") from e
+
+
+def shard_permutation(perm: torch.Tensor, rank: int, world: int) -> torch.Tensor:
+    """This rank's share of a permutation shared by all ranks; padded by wrap-around to the same
+    length on every rank, so every rank runs the same number of steps (DDP would hang otherwise)."""
+    if world == 1:
+        return perm
+    per_rank = -(-perm.shape[0] // world)
+    padded = perm.repeat(-(-per_rank * world // perm.shape[0]))[: per_rank * world]
+    return padded[rank::world]
+
+
+def union_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, generator: torch.Generator,
+                  device: torch.device, augment) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """One shuffled epoch over (x, y) as (x, augment(x), y) batches; under DDP every rank takes
+    its share of one permutation (the engine gives every rank the same generator state)."""
+    perm = shard_permutation(torch.randperm(x.shape[0], generator=generator), distributed.rank(),
+                             distributed.world_size())
+    x, y, perm = x.to(device), y.to(device), perm.to(device)
+    for s in range(0, perm.shape[0], batch_size):
+        idx = perm[s : s + batch_size]
+        xb = x[idx]
+        yield xb, augment(xb), y[idx]
+
+
+def num_union_batches(n: int, batch_size: int) -> int:
+    per_rank = -(-n // distributed.world_size())
+    return -(-per_rank // batch_size)
+
+
+class Baseline(ContinualMethod):
+    """A method on LMSRR's network that trains everything LMSRR trains except the switch vector."""
+
+    def parameters(self) -> list[nn.Parameter]:
+        return trained_parameters(self.net)
+
+    def forward_groups(self, groups: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Training logits of each input group, through the engine's (compiled / DDP) top in one
+        call. The groups share one forward when no trainable layer keeps batch statistics (the
+        logits then equal separate forwards); otherwise each group gets its own statistics."""
+        net = self.net
+        if len(groups) > 1 and not net.has_batch_stats:
+            ((_, logits),) = self.top(net.prefix(torch.cat(groups)))
+            return list(logits.split([g.shape[0] for g in groups]))
+        return [logits for _, logits in self.top(*[net.prefix(g) for g in groups])]

@@ -1,0 +1,48 @@
+"""der: dark experience replay (Buzzega et al., NeurIPS 2020).
+
+    L = CE(f(x), y) + alpha * MSE(f(x_buf), z_buf)          alpha = --der-alpha
+
+The reservoir stores each stream input (un-augmented) with the logits the network produced for it
+in the step that inserted it (before that step's update); replayed inputs are augmented again.
+"""
+from __future__ import annotations
+
+import torch.nn.functional as F
+
+from lmsrr.methods.base import Batch, StepOutput
+from lmsrr.methods.common import Baseline, replay_buffer, require_buffer
+from lmsrr.methods.registry import register_method
+
+
+@register_method("der")
+class DER(Baseline):
+    @classmethod
+    def check_config(cls, cfg, stream) -> None:
+        require_buffer(cfg, cls.name)
+
+    def __init__(self, cfg, net, stream, device):
+        super().__init__(cfg, net, stream, device)
+        self.buffer = replay_buffer(cfg, stream, device, self.name)
+        self.replay_batch = cfg.method.replay_batch_size
+        self.alpha = cfg.method.der_alpha
+
+    def loss(self, batch: Batch) -> StepOutput:
+        if self.buffer.is_empty():
+            (logits,) = self.forward_groups([batch.x_aug])
+            ce = F.cross_entropy(logits, batch.y)
+            return StepOutput(ce, logits, {"loss/ce": ce})
+        bx, _, bz, _ = self.buffer.sample(self.replay_batch)
+        logits, buf_logits = self.forward_groups([batch.x_aug, self.stream.augment(bx)])
+        terms = {"loss/ce": F.cross_entropy(logits, batch.y),
+                 "loss/replay_logits": F.mse_loss(buf_logits.float(), bz)}
+        return StepOutput(terms["loss/ce"] + self.alpha * terms["loss/replay_logits"], logits, terms)
+
+    def after_step(self, batch: Batch, out: StepOutput) -> None:
+        # out.logits come from this step's forward: the logits "seen at insertion".
+        self.buffer.add(batch.x, batch.y, out.logits.detach(), batch.task)
+
+    def state_dict(self) -> dict:
+        return {"buffer": self.buffer.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.buffer.load_state_dict(state["buffer"])
