@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from lmsrr.data.augment import Augment
+from lmsrr.data.common import loader_kwargs
 from lmsrr.data.registry import register_dataset
 from lmsrr.data.stream import ContinualStream
 from lmsrr.errors import DataNotFoundError
@@ -66,8 +67,9 @@ def _cifar_stream(name: str, data_cfg) -> ContinualStream:
     spec = _CIFAR[name]
     xtr, ytr, xte, yte = load_cifar_tensors(name, data_cfg.data_root, data_cfg.download)
     return ContinualStream(name, xtr, ytr, xte, yte, n_tasks=spec["n_tasks"],
-                           classes_per_task=spec["per_task"], augment=Augment(pad=4, flip=True),
-                           class_order=data_cfg.class_order)
+                           classes_per_task=spec["per_task"],
+                           augment=Augment(pad=4, flip=True) if data_cfg.augment else Augment(),
+                           class_order=data_cfg.class_order, **loader_kwargs(data_cfg))
 
 
 @register_dataset("seq-cifar10")

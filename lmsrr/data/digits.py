@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from lmsrr.data.augment import Augment
+from lmsrr.data.common import loader_kwargs
 from lmsrr.data.registry import register_dataset
 from lmsrr.data.stream import ContinualStream
 
@@ -30,4 +31,5 @@ def seq_digits(data_cfg) -> ContinualStream:
     xtr, ytr, xte, yte = load_digits_tensors()
     # Digits are not mirror-symmetric: shift-only augmentation.
     return ContinualStream("seq-digits", xtr, ytr, xte, yte, n_tasks=5, classes_per_task=2,
-                           augment=Augment(pad=1, flip=False), class_order=data_cfg.class_order)
+                           augment=Augment(pad=1, flip=False) if data_cfg.augment else Augment(),
+                           class_order=data_cfg.class_order, **loader_kwargs(data_cfg))

@@ -1,17 +1,29 @@
-"""A continual stream: whole-dataset tensors split into tasks by class.
+"""A continual stream: a labelled dataset split into tasks, and the batches of each task.
 
-Images are kept as uint8 tensors (N, C, H, W) at their native resolution; each source resizes and
-normalises them itself (:mod:`lmsrr.models.source`), so the replay buffer stores small native
-images and augmentation runs batched on the training device.
+Images live either in memory (:class:`TensorSplit`: uint8 (N, C, H, W) at native resolution:
+digits, CIFAR, MNIST, TinyImageNet) or on disk (:class:`FileSplit`: ImageNet-R, CUB-200,
+Cars-196), decoded per batch to a fixed ``size`` x ``size`` view. Either way a training batch is
+``(x, x_aug, y)``: x the un-augmented uint8 images (what a replay buffer stores, fixed size),
+x_aug the augmented float images in [0, 1] that the model takes (each source then resizes and
+normalises them itself, :mod:`lmsrr.models.source`).
+
+The stream decides *what* goes into each batch (:mod:`lmsrr.data.sampler`: seeded permutation per
+epoch, sharding by rank, augmentation parameters drawn from the same generator); a loader
+(:mod:`lmsrr.data.loaders`: torch or DALI) decides *how* it is produced. Both loaders therefore
+give the same batches.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, field
 from typing import Iterator
 
 import torch
 
-from lmsrr.data.augment import Augment
+from lmsrr.data.augment import Augment, ResizedCropAugment, center_geometry, to_float
+from lmsrr.data.sampler import eval_shard, num_shard_batches, shard_batches
+
+log = logging.getLogger("lmsrr.data")
 
 
 @dataclass
@@ -24,6 +36,44 @@ class TaskData:
     test_y: torch.Tensor
 
 
+@dataclass
+class TensorSplit:
+    """Images held in memory: uint8 (N, C, H, W) and int64 labels."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.y.shape[0]
+
+
+@dataclass
+class FileSplit:
+    """Images on disk, decoded per batch: paths, int64 labels, original (height, width) per file
+    (read by the scan, so crop geometry is known before decoding) and the view size."""
+
+    paths: list[str]
+    y: torch.Tensor
+    hw: torch.Tensor  # (N, 2) int64
+    size: int
+
+    def __len__(self) -> int:
+        return self.y.shape[0]
+
+    def geometry(self, idx: torch.Tensor) -> torch.Tensor:
+        return center_geometry(self.hw[idx, 0], self.hw[idx, 1], self.size)
+
+
+@dataclass
+class BatchPlan:
+    """One batch: positions into a split and the augmentation parameters of each sample
+    (in-memory: crop anchors (n, 2); files: crop windows (n, 4)), all on the CPU."""
+
+    idx: torch.Tensor
+    crops: torch.Tensor | None = None
+    flips: torch.Tensor | None = None
+
+
 def class_permutation(n_classes: int, class_order: str) -> torch.Tensor:
     """order[i] = original class that becomes label i. 'natural' keeps the dataset's order."""
     if class_order == "natural":
@@ -34,28 +84,31 @@ def class_permutation(n_classes: int, class_order: str) -> torch.Tensor:
 
 
 class ContinualStream:
-    """Class-incremental stream over in-memory tensors.
-
-    Labels are remapped so that task t owns labels t*c .. (t+1)*c - 1 in the chosen class order;
-    the classifier therefore grows left to right, as in the released code.
-    """
+    """Class-incremental stream. Labels are remapped so that task t owns labels
+    t*c .. (t+1)*c - 1 in the chosen class order; the classifier grows left to right, as in the
+    released code. Construct with tensors (in-memory) or with :class:`FileSplit` s via
+    :meth:`from_splits`."""
 
     setting = "class-il"
 
-    def __init__(
-        self,
-        name: str,
-        train_x: torch.Tensor,
-        train_y: torch.Tensor,
-        test_x: torch.Tensor,
-        test_y: torch.Tensor,
-        n_tasks: int,
-        classes_per_task: int,
-        augment: Augment,
-        class_order: str = "natural",
-    ):
+    def __init__(self, name: str, train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor,
+                 test_y: torch.Tensor, n_tasks: int, classes_per_task: int, augment,
+                 class_order: str = "natural", loader: str = "torch", workers: int = 0):
+        self._setup(name, TensorSplit(train_x, train_y), TensorSplit(test_x, test_y), n_tasks,
+                    classes_per_task, augment, class_order, loader, workers)
+
+    @classmethod
+    def from_splits(cls, name: str, train, test, n_tasks: int, classes_per_task: int, augment,
+                    class_order: str = "natural", loader: str = "torch", workers: int = 0):
+        self = cls.__new__(cls)
+        self._setup(name, train, test, n_tasks, classes_per_task, augment, class_order, loader, workers)
+        return self
+
+    def _setup(self, name, train, test, n_tasks, classes_per_task, augment, class_order, loader, workers):
+        from lmsrr.data.loaders import make_loader
+
         n_classes = n_tasks * classes_per_task
-        found = int(train_y.max()) + 1
+        found = int(train.y.max()) + 1 if len(train) else 0
         if found != n_classes:
             raise ValueError(f"{name}: expected {n_classes} classes, the data has {found}")
         self.name = name
@@ -67,12 +120,17 @@ class ContinualStream:
         # label_of[original] = new label
         label_of = torch.empty(n_classes, dtype=torch.long)
         label_of[self.order] = torch.arange(n_classes)
-        self._train = (train_x, label_of[train_y.long()])
-        self._test = (test_x, label_of[test_y.long()])
+        train.y, test.y = label_of[train.y.long()], label_of[test.y.long()]
+        self._train, self._test = train, test
+        self.loader = make_loader(loader, workers)
+        self.skipped_files: list[str] = []  # unreadable images left out (file datasets)
 
+    # ------------------------------------------------------------------ task bookkeeping
     @property
     def image_shape(self) -> tuple[int, int, int]:
-        return tuple(self._train[0].shape[1:])
+        if isinstance(self._train, FileSplit):
+            return (3, self._train.size, self._train.size)
+        return tuple(self._train.x.shape[1:])
 
     def task_classes(self, t: int) -> list[int]:
         lo, hi = self.task_class_range(t)
@@ -87,59 +145,124 @@ class ContinualStream:
         """Number of labels seen after training task t (the class-IL output range)."""
         return (t + 1) * self.classes_per_task
 
-    def task(self, t: int) -> TaskData:
+    def _check_task(self, t: int) -> None:
         if not 0 <= t < self.n_tasks:
             raise IndexError(f"{self.name} has tasks 0..{self.n_tasks - 1}, asked for {t}")
-        lo, hi = t * self.classes_per_task, (t + 1) * self.classes_per_task
-        tr = (self._train[1] >= lo) & (self._train[1] < hi)
-        te = (self._test[1] >= lo) & (self._test[1] < hi)
-        return TaskData(
-            task=t,
-            classes=list(range(lo, hi)),
-            train_x=self._train[0][tr],
-            train_y=self._train[1][tr],
-            test_x=self._test[0][te],
-            test_y=self._test[1][te],
-        )
+
+    def train_split(self, t: int):
+        """(split, positions of task t's samples in it)."""
+        self._check_task(t)
+        return self._train, self._positions(self._train.y, t)
+
+    def test_split(self, t: int):
+        self._check_task(t)
+        return self._test, self._positions(self._test.y, t)
+
+    def _positions(self, y: torch.Tensor, t: int) -> torch.Tensor:
+        lo, hi = self.task_class_range(t)
+        return torch.nonzero((y >= lo) & (y < hi)).flatten()
+
+    def task(self, t: int) -> TaskData:
+        """Task t's in-memory data (in-memory streams only)."""
+        (tr, ptr), (te, pte) = self.train_split(t), self.test_split(t)
+        if isinstance(tr, FileSplit):
+            raise TypeError(f"{self.name} reads images from disk; use train_batches / test_batches")
+        return TaskData(task=t, classes=self.task_classes(t), train_x=tr.x[ptr], train_y=tr.y[ptr],
+                        test_x=te.x[pte], test_y=te.y[pte])
+
+    # ------------------------------------------------------------------ batches
+    def epoch_plan(self, t: int, batch_size: int, generator: torch.Generator, shard_id: int = 0,
+                   num_shards: int = 1) -> tuple[object, list[BatchPlan]]:
+        """This rank's batches for one epoch of task t. The permutation and every sample's
+        augmentation parameters are drawn for the whole task (the same draws on every rank), so a
+        sample's augmentation does not depend on the number of ranks."""
+        split, pos = self.train_split(t)
+        perm = torch.randperm(pos.shape[0], generator=generator)
+        order = pos[perm]
+        crops, flips = self._draw_augmentation(split, order, generator)
+        plans = []
+        for b in shard_batches(torch.arange(order.shape[0]), batch_size, shard_id, num_shards):
+            plans.append(BatchPlan(order[b], None if crops is None else crops[b],
+                                   None if flips is None else flips[b]))
+        return split, plans
+
+    def _draw_augmentation(self, split, order, generator):
+        aug = self.augment
+        if isinstance(split, FileSplit):
+            return aug.sample_windows(split.hw[order], generator) if isinstance(aug, ResizedCropAugment) \
+                else ResizedCropAugment(split.size, enabled=False).sample_windows(split.hw[order])
+        if isinstance(aug, Augment) and aug.enabled:
+            return aug.sample(order.shape[0], generator)
+        return None, None
 
     def train_batches(self, t: int, batch_size: int, generator: torch.Generator,
                       device: torch.device, shard_id: int = 0, num_shards: int = 1
                       ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """One epoch of task t's training data: shuffled (x, x_aug, y) batches on ``device``.
 
-        x: un-augmented uint8 images (what a replay buffer stores); x_aug: ``augment(x)``.
-        With ``num_shards`` > 1 (DDP) every rank draws the same permutation (same generator
-        state) and takes every num_shards-th sample; the permutation is padded by wrapping around
-        so all ranks run the same number of steps (as torch's DistributedSampler does).
+        x: un-augmented uint8 images (what a replay buffer stores); x_aug: augmented float images
+        in [0, 1]. With ``num_shards`` > 1 (DDP) this rank gets its share of one permutation: every
+        sample exactly once per epoch across ranks, the same number of steps on every rank.
         """
-        data = self.task(t)
-        x, y = data.train_x.to(device), data.train_y.to(device)
-        perm = shard_indices(torch.randperm(x.shape[0], generator=generator), shard_id, num_shards)
-        perm = perm.to(device)
-        for s in range(0, perm.shape[0], batch_size):
-            idx = perm[s : s + batch_size]
-            xb = x[idx]
-            yield xb, self.augment(xb), y[idx]
+        split, plans = self.epoch_plan(t, batch_size, generator, shard_id, num_shards)
+        for x, x_aug, y in self.loader.train(split, plans, self.augment, torch.device(device)):
+            yield x, to_float(x_aug), y
 
     def num_train_batches(self, t: int, batch_size: int, num_shards: int = 1) -> int:
-        n = int((self._train[1] // self.classes_per_task == t).sum())
-        return -(-(-(-n // num_shards)) // batch_size)
+        _, pos = self.train_split(t)
+        return num_shard_batches(pos.shape[0], batch_size, num_shards)
 
     def test_batches(self, t: int, batch_size: int, device: torch.device, shard_id: int = 0,
                      num_shards: int = 1) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Task t's test split in order (this shard's every num_shards-th sample, no padding, so
-        counts summed over shards cover each test sample exactly once)."""
-        data = self.task(t)
-        tx, ty = data.test_x[shard_id::num_shards], data.test_y[shard_id::num_shards]
-        for s in range(0, tx.shape[0], batch_size):
-            yield (tx[s : s + batch_size].to(device, non_blocking=True),
-                   ty[s : s + batch_size].to(device, non_blocking=True))
+        """Task t's test split in order, without augmentation: (uint8 x, y) batches on ``device``.
+        With ``num_shards`` > 1 this rank's every num_shards-th sample (no padding: counts summed
+        over ranks cover each test sample exactly once)."""
+        split, pos = self.test_split(t)
+        pos = pos[eval_shard(pos.shape[0], shard_id, num_shards)]
+        plans = [BatchPlan(pos[s:s + batch_size]) for s in range(0, pos.shape[0], batch_size)]
+        yield from self.loader.test(split, plans, torch.device(device))
 
 
-def shard_indices(perm: torch.Tensor, shard_id: int, num_shards: int) -> torch.Tensor:
-    """This shard's part of a permutation, padded by wrap-around to equal length on every shard."""
-    if num_shards == 1:
-        return perm
-    per_shard = -(-perm.shape[0] // num_shards)
-    padded = perm.repeat(-(-per_shard * num_shards // perm.shape[0]))[: per_shard * num_shards]
-    return padded[shard_id::num_shards]
+class DomainStream(ContinualStream):
+    """Domain-incremental stream: every task has all classes, under a task-specific input
+    transformation (``transform(t, x_uint8)``, applied to the whole split once per task).
+
+    Class-IL accuracy is the argmax over all classes; task-IL is not meaningful (every task has
+    the same label set), so ``task_class_range`` is the full range and task-IL equals class-IL.
+    """
+
+    setting = "domain-il"
+
+    def __init__(self, name: str, train_x, train_y, test_x, test_y, n_tasks: int, n_classes: int,
+                 transform, augment, loader: str = "torch", workers: int = 0):
+        self._setup(name, TensorSplit(train_x, train_y), TensorSplit(test_x, test_y), 1, n_classes,
+                    augment, "natural", loader, workers)
+        self.n_tasks = n_tasks
+        self.transform = transform
+        self._cache: dict[tuple[str, int], TensorSplit] = {}
+
+    def task_class_range(self, t: int) -> tuple[int, int]:
+        return 0, self.n_classes
+
+    def seen_classes(self, t: int) -> int:
+        return self.n_classes
+
+    def _split_for(self, which: str, base: TensorSplit, t: int) -> TensorSplit:
+        self._check_task(t)
+        key = (which, t)
+        if key not in self._cache:
+            # Keep the current task's training split and the test splits of recent tasks only.
+            if which == "train":
+                self._cache = {k: v for k, v in self._cache.items() if k[0] != "train"}
+            elif len(self._cache) > 4:
+                self._cache.pop(next(k for k in self._cache if k[0] == "test"))
+            self._cache[key] = TensorSplit(self.transform(t, base.x), base.y)
+        return self._cache[key]
+
+    def train_split(self, t: int):
+        split = self._split_for("train", self._train, t)
+        return split, torch.arange(len(split))
+
+    def test_split(self, t: int):
+        split = self._split_for("test", self._test, t)
+        return split, torch.arange(len(split))

@@ -1,0 +1,112 @@
+"""Image files: decoding, and the scan that finds unreadable files before training starts.
+
+A corrupt file must never stop a run in the middle of a task, and DALI's decoders cannot skip a
+bad sample. So file streams scan their images once when the stream is built (threads, progress
+bar): each file is opened and decoded (JPEG at reduced scale, which still reads every byte of the
+compressed stream), its size recorded for the crop geometry, and every unreadable file reported
+with its path and left out. ``--no-verify-images`` only reads the headers (faster; a file that is
+truncated after its header then fails when it is decoded).
+"""
+from __future__ import annotations
+
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+from tqdm.auto import tqdm
+
+log = logging.getLogger("lmsrr.data")
+
+# What every decoder here reads (torchvision, DALI on the CPU and on the GPU).
+SUPPORTED_FORMATS = {"JPEG", "PNG", "WEBP", "MPO"}  # MPO: multi-picture JPEGs from some cameras
+
+
+def decode_rgb(path: str) -> torch.Tensor:
+    """(3, H, W) uint8; EXIF orientation ignored (as in DALI with ``adjust_orientation=False``)."""
+    from torchvision.io import ImageReadMode, decode_image, read_file
+
+    return decode_image(read_file(path), mode=ImageReadMode.RGB)
+
+
+def probe(path: str, verify: bool = True) -> tuple[int, int] | str:
+    """(height, width) of a readable image, or the reason it is unreadable."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            if im.format not in SUPPORTED_FORMATS:
+                return f"unsupported format {im.format}"
+            w, h = im.size
+            if verify:
+                im.draft("RGB", (max(1, w // 8), max(1, h // 8)))
+                im.load()
+        if h < 1 or w < 1:
+            return "empty image"
+        return h, w
+    except Exception as e:  # PIL raises many types for broken files; all mean "unreadable"
+        return f"{type(e).__name__}: {e}"
+
+
+def scan_images(paths: list[str], desc: str, verify: bool = True, threads: int = 0,
+                progress: bool = True) -> tuple[torch.Tensor, list[int], list[tuple[str, str]]]:
+    """Probe every file. Returns (hw (N, 2) int64 with zeros for bad files, indices of readable
+    files, [(path, reason)] of unreadable ones)."""
+    threads = threads or min(16, os.cpu_count() or 1)
+    hw = torch.zeros(len(paths), 2, dtype=torch.long)
+    good, bad = [], []
+    with ThreadPoolExecutor(threads) as pool:  # PIL releases the GIL while decoding
+        results = pool.map(lambda p: probe(p, verify), paths, chunksize=64)
+        for i, r in enumerate(tqdm(results, total=len(paths), desc=desc, disable=not progress,
+                                   leave=False, mininterval=1.0)):
+            if isinstance(r, str):
+                bad.append((paths[i], r))
+            else:
+                hw[i] = torch.tensor(r)
+                good.append(i)
+    return hw, good, bad
+
+
+def report_unreadable(stream_name: str, bad: list[tuple[str, str]]) -> None:
+    if not bad:
+        return
+    lines = "\n".join(f"  {p} ({why})" for p, why in bad[:20])
+    more = f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else ""
+    log.warning("%s: skipped %d unreadable image file(s):\n%s%s", stream_name, len(bad), lines, more)
+
+
+def _decode_to(path: str, size: int):
+    from PIL import Image
+
+    import numpy as np
+
+    try:
+        with Image.open(path) as im:
+            if im.format not in SUPPORTED_FORMATS:
+                return f"unsupported format {im.format}"
+            arr = np.asarray(im.convert("RGB"))
+    except Exception as e:  # any decoding failure means the file is unreadable
+        return f"{type(e).__name__}: {e}"
+    from lmsrr.data.augment import resize_u8
+
+    img = torch.from_numpy(arr.copy()).permute(2, 0, 1)
+    return resize_u8(img, (size, size))
+
+
+def decode_all(paths: list[str], size: int, desc: str, threads: int = 0, progress: bool = True
+               ) -> tuple[torch.Tensor, list[int], list[tuple[str, str]]]:
+    """Decode every file into one uint8 (N, 3, size, size) tensor (resized when not already that
+    size). Returns (images of the readable files, their indices, [(path, reason)] of the rest)."""
+    threads = threads or min(16, os.cpu_count() or 1)
+    out = torch.empty(len(paths), 3, size, size, dtype=torch.uint8)
+    good, bad = [], []
+    with ThreadPoolExecutor(threads) as pool:
+        results = pool.map(lambda p: _decode_to(p, size), paths, chunksize=64)
+        for i, r in enumerate(tqdm(results, total=len(paths), desc=desc, disable=not progress,
+                                   leave=False, mininterval=1.0)):
+            if isinstance(r, str):
+                bad.append((paths[i], r))
+            else:
+                out[len(good)] = r
+                good.append(i)
+    return out[: len(good)], good, bad

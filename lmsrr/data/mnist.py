@@ -1,0 +1,102 @@
+"""rot-mnist: Rotated MNIST, domain-incremental, 20 tasks (Mammoth's / the released code's rule).
+
+Every task holds all ten digits (the whole MNIST training set, 60,000 images; test set 10,000),
+each task rotated by its own fixed angle: angles[t] ~ U[0, 180) degrees, drawn from a generator
+seeded with ``--split-seed`` (default 0), counter-clockwise about the centre, nearest-neighbour
+interpolation, zero fill (torchvision's ``rotate`` defaults, as Mammoth's Rotation transform uses).
+The released code draws the angle from the global NumPy state, so its angles change with the run
+seed; here they are fixed by ``--split-seed`` so runs with different seeds see the same domains.
+No augmentation beyond the rotation (as in the released code).
+
+Files: torchvision's MNIST layout, ``MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte``
+(optionally ``.gz``). Read directly (torchvision's class would re-verify checksums).
+"""
+from __future__ import annotations
+
+import gzip
+import os
+
+import numpy as np
+import torch
+
+from lmsrr.data.augment import Augment
+from lmsrr.data.common import loader_kwargs, require_dir
+from lmsrr.data.registry import register_dataset
+from lmsrr.data.stream import DomainStream
+from lmsrr.errors import DataNotFoundError
+
+N_TASKS = 20
+FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+         "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+SOURCE = "http://yann.lecun.com/exdb/mnist/ (or torchvision.datasets.MNIST(root, download=True))"
+
+
+def read_idx(path: str, ndim: int) -> np.ndarray:
+    """An IDX file (uint8 payload): magic 0x0000 08 <ndim>, big-endian dims, then the data."""
+    opener = gzip.open if path.endswith(".gz") else open
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError) as e:
+        raise DataNotFoundError(f"{path} is not readable ({e}); re-extract MNIST or pass --download") from e
+    magic = int.from_bytes(data[:4], "big") if len(data) >= 4 else -1
+    if magic != 0x0800 + ndim:
+        raise DataNotFoundError(f"{path} is not an MNIST IDX file with {ndim} dimension(s) "
+                                f"(magic {magic:#x}); re-extract MNIST or pass --download")
+    dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    if body.size != int(np.prod(dims)):
+        raise DataNotFoundError(f"{path} is truncated: expected {int(np.prod(dims))} values for shape "
+                                f"{dims}, found {body.size}; re-extract MNIST or pass --download")
+    return body.reshape(dims)
+
+
+def _find(raw: str, name: str) -> str:
+    for candidate in (os.path.join(raw, name), os.path.join(raw, name + ".gz")):
+        if os.path.isfile(candidate):
+            return candidate
+    raise DataNotFoundError(f"rot-mnist: incomplete dataset: {os.path.abspath(os.path.join(raw, name))} "
+                            f"(or .gz) is missing; re-extract MNIST or pass --download")
+
+
+def load_mnist(root: str, download: bool):
+    raw = os.path.join(root, "MNIST", "raw")
+    if not os.path.isdir(raw) and download:
+        import torchvision
+
+        torchvision.datasets.MNIST(root, train=True, download=True)
+        torchvision.datasets.MNIST(root, train=False, download=True)
+    require_dir(raw, "rot-mnist", "MNIST's raw IDX files", SOURCE,
+                "put them there, point --data-root at the folder holding MNIST/, or pass --download")
+    out = []
+    for split in ("train", "test"):
+        xf, yf = (_find(raw, n) for n in FILES[split])
+        x, y = read_idx(xf, 3), read_idx(yf, 1)
+        if x.shape[0] != y.shape[0]:
+            raise DataNotFoundError(f"rot-mnist: {xf} holds {x.shape[0]} images but {yf} "
+                                    f"{y.shape[0]} labels; re-extract MNIST")
+        out += [torch.from_numpy(x.copy())[:, None], torch.from_numpy(y.astype(np.int64))]
+    return out
+
+
+def task_angles(seed: int, n_tasks: int = N_TASKS) -> torch.Tensor:
+    """Degrees, one per task, uniform in [0, 180)."""
+    return torch.rand(n_tasks, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) * 180.0
+
+
+def rotate_batch(x: torch.Tensor, degrees: float) -> torch.Tensor:
+    from torchvision.transforms.v2 import InterpolationMode
+    from torchvision.transforms.v2.functional import rotate
+
+    return rotate(x, float(degrees), interpolation=InterpolationMode.NEAREST, fill=0)
+
+
+@register_dataset("rot-mnist")
+def rot_mnist(data_cfg) -> DomainStream:
+    xtr, ytr, xte, yte = load_mnist(data_cfg.data_root, data_cfg.download)
+    angles = task_angles(data_cfg.split_seed)
+    stream = DomainStream("rot-mnist", xtr, ytr, xte, yte, n_tasks=N_TASKS, n_classes=10,
+                          transform=lambda t, x: rotate_batch(x, angles[t].item()),
+                          augment=Augment(pad=0, flip=False), **loader_kwargs(data_cfg))
+    stream.angles = angles
+    return stream

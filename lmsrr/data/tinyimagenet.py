@@ -1,0 +1,79 @@
+"""seq-tinyimg: TinyImageNet (200 classes, 64x64), 10 tasks x 20 classes, decoded once into memory.
+
+Layout under ``--data-root`` (the official zip from http://cs231n.stanford.edu/tiny-imagenet-200.zip,
+unpacked)::
+
+    tiny-imagenet-200/wnids.txt                      200 class ids; their order is the class order
+    tiny-imagenet-200/train/<wnid>/images/*.JPEG     500 training images per class
+    tiny-imagenet-200/val/images/*.JPEG              10,000 images: the test split
+    tiny-imagenet-200/val/val_annotations.txt        <file> <wnid> <bbox>, one line per val image
+
+All 110,000 images are decoded once (threads, progress bar) into uint8 tensors; unreadable files
+are reported and skipped. Augmentation as the released code: 4-pixel padded random crop, flip.
+"""
+from __future__ import annotations
+
+import glob
+import os
+
+import torch
+
+from lmsrr.data.augment import Augment
+from lmsrr.data.common import loader_kwargs, require_dir, require_file
+from lmsrr.data.images import decode_all, report_unreadable
+from lmsrr.data.registry import register_dataset
+from lmsrr.data.stream import ContinualStream
+from lmsrr.errors import DataNotFoundError
+
+SOURCE = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
+SIZE = 64
+
+
+def tinyimagenet_items(root: str):
+    """([(path, label)] train, [(path, label)] test) in the official layout."""
+    base = require_dir(os.path.join(root, "tiny-imagenet-200"), "seq-tinyimg", "the folder tiny-imagenet-200",
+                       SOURCE, "unzip it there or point --data-root at its parent (there is no --download)")
+    with open(require_file(os.path.join(base, "wnids.txt"), "seq-tinyimg")) as f:
+        wnids = [line.strip() for line in f if line.strip()]
+    if len(wnids) != 200:
+        raise DataNotFoundError(f"seq-tinyimg: {os.path.join(base, 'wnids.txt')} lists {len(wnids)} classes, "
+                                f"expected 200; re-extract the dataset")
+    label = {w: i for i, w in enumerate(wnids)}
+    train = []
+    for w in wnids:
+        folder = os.path.join(base, "train", w, "images")
+        files = sorted(glob.glob(os.path.join(folder, "*.JPEG")))
+        if not files:
+            raise DataNotFoundError(f"seq-tinyimg: incomplete dataset: no images in {os.path.abspath(folder)}")
+        train += [(p, label[w]) for p in files]
+    ann = require_file(os.path.join(base, "val", "val_annotations.txt"), "seq-tinyimg")
+    test = []
+    with open(ann) as f:
+        for n, line in enumerate(f, 1):
+            parts = line.split()
+            if not parts:
+                continue
+            if len(parts) < 2 or parts[1] not in label:
+                raise DataNotFoundError(f"seq-tinyimg: {ann} line {n} is malformed or names an unknown class: {line.strip()!r}")
+            test.append((os.path.join(base, "val", "images", parts[0]), label[parts[1]]))
+    from lmsrr.data.common import require_files
+
+    require_files([p for p, _ in test], "seq-tinyimg")
+    return train, test
+
+
+@register_dataset("seq-tinyimg")
+def seq_tinyimg(data_cfg) -> ContinualStream:
+    train, test = tinyimagenet_items(data_cfg.data_root)
+    tensors, bad = [], []
+    for items, what in ((train, "train"), (test, "test")):
+        x, good, b = decode_all([p for p, _ in items], SIZE, f"seq-tinyimg: decoding {what} images")
+        y = torch.tensor([items[i][1] for i in good], dtype=torch.long)
+        tensors += [x, y]
+        bad += b
+    report_unreadable("seq-tinyimg", bad)
+    aug = Augment(pad=4, flip=True) if data_cfg.augment else Augment()
+    stream = ContinualStream("seq-tinyimg", *tensors, n_tasks=10, classes_per_task=20, augment=aug,
+                             class_order=data_cfg.class_order, **loader_kwargs(data_cfg))
+    stream.skipped_files = [p for p, _ in bad]
+    return stream
