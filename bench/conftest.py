@@ -12,7 +12,7 @@ def measure(benchmark, request):
     """measure(fn, case=..., provider=..., bytes_moved=None, rounds=...): time ``fn`` (synchronised
     inside the timed body), then run it once more for the peak-memory figure (CUDA)."""
 
-    def run(fn, *, op, case, provider, bytes_moved=None, rounds=None, warmup=2):
+    def run(fn, *, op, case, provider, bytes_moved=None, images=None, rounds=None, warmup=2):
         def body():
             fn()
             sync()
@@ -23,6 +23,8 @@ def measure(benchmark, request):
         benchmark.pedantic(body, rounds=rounds, iterations=1, warmup_rounds=0)
         mean = benchmark.stats.stats.mean
         info = {"op": op, "case": case, "provider": provider, "mean_ms": mean * 1e3, **ENV}
+        if images:
+            info["img_s"] = images / mean
         if bytes_moved:
             info["GB/s"] = bytes_moved / mean / 1e9
             if ENV["peak_GBps"]:
@@ -61,3 +63,12 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         pk = f"{r['%peak']:.0f}%" if "%peak" in r else "-"
         mem = f"{r['peak_MiB']:.1f}" if "peak_MiB" in r else "-"
         tr.write_line(f"{r['op']:<16}{r['case']:<34}{r['provider']:<13}{r['mean_ms']:>10.3f}{speed:>10}{gbs:>10}{pk:>8}{mem:>10}")
+
+    steps = [r for r in _RESULTS if "img_s" in r]
+    if steps:
+        tr.section("lmsrr training step (images/s, ratio to the released four-pass step)")
+        base = {r["case"]: r["img_s"] for r in steps if r["provider"] == "released"}
+        tr.write_line(f"{'case':<40}{'provider':<12}{'img/s':>10}{'vs released':>13}")
+        for r in sorted(steps, key=lambda r: (r["case"], r["provider"])):
+            ratio = f"{r['img_s'] / base[r['case']]:.2f}x" if r["case"] in base else "-"
+            tr.write_line(f"{r['case']:<40}{r['provider']:<12}{r['img_s']:>10.1f}{ratio:>13}")

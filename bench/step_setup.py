@@ -1,0 +1,79 @@
+"""One setup for the training-step benchmark and the profiler: a LMSRR step on a later task
+(distillation and replay on), as the released code's four passes or as ours (eager / compiled).
+
+Sizes: on a GPU, 2 x ViT-B/16 at 224 (the released code's sources, random weights: timing does
+not depend on them) in bf16; on CPU, the default job's two tiny sources.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from lmsrr.config import PAPER_SOURCES, Config
+from lmsrr.data.augment import Augment
+from lmsrr.data.stream import ContinualStream
+from lmsrr.methods import Batch, build_method
+from lmsrr.models import TrainableTop, build_net
+from lmsrr.released import released_loss
+
+PROVIDERS = ("released", "eager", "compile")
+
+
+def synthetic_stream(n_classes=100, n_tasks=10, per_class=4, size=32) -> ContinualStream:
+    g = torch.Generator().manual_seed(0)
+    n = n_classes * per_class
+    x = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=g)
+    y = torch.arange(n_classes).repeat_interleave(per_class)
+    return ContinualStream("synthetic", x, y, x, y, n_tasks, n_classes // n_tasks,
+                           Augment(pad=4, flip=True))
+
+
+def step_config(gpu: bool) -> Config:
+    model = {"sources": PAPER_SOURCES, "msidf": "reference"} if gpu else {}
+    return Config().replace(model=model, method={"alpha": 0.3, "beta": 0.2},
+                            log={"progress": False})
+
+
+def setup_step(provider: str, batch: int, device: torch.device, precision: str = "fp32"):
+    """Return (step_fn, images_per_step). step_fn runs forward, backward and an SGD step."""
+    gpu = device.type == "cuda"
+    cfg = step_config(gpu)
+    stream = synthetic_stream()
+    torch.manual_seed(0)
+    net = build_net(cfg.model, cfg.method, stream.n_classes).to(device).train()
+    method = build_method(cfg, net, stream, device)
+    method.begin_task(0)
+    method.begin_task(1)  # a later task: the old blocks exist, distillation is on
+    old_net = copy.deepcopy(net)  # the released code keeps a whole second network
+    data = stream.task(1)
+    x_u8 = data.train_x[:batch].repeat(-(-batch // len(data.train_x)), 1, 1, 1)[:batch].to(device)
+    y = data.train_y[:batch].repeat(-(-batch // len(data.train_y)))[:batch].to(device)
+    x = stream.augment(x_u8)
+    buf_x = stream.augment(x_u8.flip(0))
+    buf_logits = torch.randn(batch, stream.n_classes, device=device)
+    method._replay_inputs = lambda: (buf_x, buf_logits)  # same replay batch for every provider
+    opt = torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=1e-4)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    if provider == "compile":
+        method.top = torch.compile(TrainableTop(net))
+    batch_obj = Batch(x=x_u8, x_aug=x, y=y, task=1)
+
+    def forward():
+        if provider == "released":
+            noise = net.switch.sample_noise()
+            return released_loss(net, old_net, 1, x, y, buf_x, buf_logits, noise,
+                                 cfg.method.alpha, cfg.method.beta)
+        return method.loss(batch_obj).loss
+
+    def step():
+        if dtype is not None:
+            with torch.autocast(device.type, dtype=dtype):
+                loss = forward()
+        else:
+            loss = forward()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step, batch
