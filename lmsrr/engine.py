@@ -97,6 +97,10 @@ class Trainer:
             name = cfg.log.run_name or f"{cfg.data.stream}-{cfg.method.name}-{time.strftime('%Y%m%d-%H%M%S')}"
             self.run = RunDir(run_dir or os.path.join(cfg.log.out_dir, name))
             self.run.write_json("config.json", cfg.to_dict())
+            skipped = getattr(self.stream, "skipped_files", [])
+            if skipped:  # unreadable images the stream left out: on record with the run
+                self.run.write_json("skipped_files.json", skipped)
+                self.run.log({"data/skipped_files": len(skipped)}, step=0)
         # Same shuffling generator on every rank: one permutation, dealt out by rank.
         self.shuffle = torch.Generator().manual_seed(rt.seed)
         self.eval_cache = PrefixCache(rt.eval_cache_mb) if rt.eval_cache_mb > 0 else None
