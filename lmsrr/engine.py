@@ -85,7 +85,8 @@ class Trainer:
         self.stream = build_stream(cfg.data)
         from lmsrr.methods.registry import method_class
 
-        method_class(cfg.method.name)
+        # The method's own start-up checks (e.g. a replay method without --buffer-size).
+        method_class(cfg.method.name).check_config(cfg, self.stream)
         self.net = build_net(cfg.model, cfg.method, self.stream.n_classes).to(self.device)
         self.precision = resolve_precision(rt.precision, self.device)
         self.method = build_method(cfg, self.net, self.stream, self.device)

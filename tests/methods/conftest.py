@@ -1,0 +1,69 @@
+import pytest
+import torch
+
+from lmsrr.config import Config
+from lmsrr.data import build_stream
+from lmsrr.methods import build_method
+from lmsrr.models import build_net
+
+BASELINES = ["finetune", "joint", "er", "der", "derpp", "lwf", "icarl", "agem", "ewc", "si", "nmc"]
+
+
+@pytest.fixture
+def fast_cfg(tmp_path) -> Config:
+    """The default job's sources, shortened: one epoch, batches of 32."""
+    return Config().replace(optim={"epochs": 1}, data={"batch_size": 32, "eval_batch_size": 512},
+                            log={"out_dir": str(tmp_path), "progress": False})
+
+
+@pytest.fixture(scope="session")
+def stream():
+    return build_stream(Config().data)
+
+
+@pytest.fixture(scope="session")
+def short_stream():
+    """seq-digits with its first 32 training and 12 test images per class: the same five tasks,
+    short enough that every method can train two of them within the suite's time budget."""
+    from lmsrr.data.augment import Augment
+    from lmsrr.data.digits import load_digits_tensors
+    from lmsrr.data.stream import ContinualStream
+
+    xtr, ytr, xte, yte = load_digits_tensors()
+
+    def per_class(x, y, k):
+        idx = torch.cat([torch.nonzero(y == c).flatten()[:k] for c in range(10)])
+        return x[idx], y[idx]
+
+    return ContinualStream("seq-digits", *per_class(xtr, ytr, 32), *per_class(xte, yte, 12),
+                           n_tasks=5, classes_per_task=2, augment=Augment(pad=1))
+
+
+def make_method(cfg: Config, stream, name: str, **method):
+    """A method of ``name`` on a fresh network (CPU), with MethodConfig overrides."""
+    cfg = cfg.replace(method={"name": name, **method})
+    net = build_net(cfg.model, cfg.method, stream.n_classes)
+    net.train()
+    return build_method(cfg, net, stream, torch.device("cpu"))
+
+
+def first_batch(stream, task: int, n: int = 16, seed: int = 0):
+    """Task ``task``'s first n training images: (uint8 x, augmented x, y)."""
+    from lmsrr.methods import Batch
+
+    data = stream.task(task)
+    x, y = data.train_x[:n], data.train_y[:n]
+    g = torch.Generator().manual_seed(seed)
+    return Batch(x=x, x_aug=stream.augment(x, g), y=y, task=task)
+
+
+def sgd_step(method, batch, lr: float = 0.05):
+    """One training step the way the engine runs it (loss, backward, hooks, plain SGD)."""
+    opt = torch.optim.SGD(method.parameters(), lr=lr)
+    out = method.loss(batch)
+    opt.zero_grad(set_to_none=True)
+    out.loss.backward()
+    method.after_backward(batch, out)
+    opt.step()
+    method.after_step(batch, out)
+    return out
