@@ -177,7 +177,9 @@ class ResizedCropAugment:
         top, left, ch, cw = win.float().unbind(1)
         boxes = torch.stack([torch.arange(b, device=x.device, dtype=torch.float32),
                              left, top, left + cw, top + ch], 1)
+        # sampling_ratio=0: ceil(window / output) samples per output pixel and axis, averaged (an
+        # antialiasing box filter when shrinking, plain bilinear sampling when enlarging).
         out = roi_align(x.float(), boxes, output_size=(self.size, self.size), spatial_scale=1.0,
-                        sampling_ratio=2, aligned=True)
+                        sampling_ratio=0, aligned=True)
         out = torch.where(flips.view(-1, 1, 1, 1), out.flip(-1), out)
         return out.div_(255.0).clamp_(0.0, 1.0)

@@ -154,6 +154,10 @@ class DaliLoader:
         from lmsrr.data.stream import FileSplit
 
         if isinstance(split, FileSplit):
+            if plans and plans[0].crops is None:  # augmentation off: the training view is x itself
+                for (x,), p in zip(self._run(split, plans, device, "file-test"), plans):
+                    yield x, x, split.y[p.idx].to(device, non_blocking=True)
+                return
             for (x, a), p in zip(self._run(split, plans, device, "file-train"), plans):
                 yield x, a, split.y[p.idx].to(device, non_blocking=True)
             return

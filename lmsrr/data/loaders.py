@@ -144,12 +144,12 @@ class _FileBatches(torch.utils.data.Dataset):
             rh, rw, top, left = geo[k].tolist()
             x = resize_u8(img, (rh, rw))[:, top:top + size, left:left + size]
             xs.append(x)
-            if self.train:
+            if self.train and p.crops is not None:
                 t0, l0, ch, cw = p.crops[k].tolist()
                 a = resize_u8(img[:, t0:t0 + ch, l0:l0 + cw], (size, size))
                 augs.append(a.flip(-1) if bool(p.flips[k]) else a)
             ys.append(int(split.y[j]))
         empty = torch.empty(0, 3, size, size, dtype=torch.uint8)
         x = torch.stack(xs) if xs else empty
-        x_aug = torch.stack(augs) if augs else (x if not self.train else empty)
+        x_aug = torch.stack(augs) if augs else x  # no augmentation: the training view is x
         return x, x_aug, torch.tensor(ys, dtype=torch.long), bad

@@ -189,8 +189,9 @@ class ContinualStream:
     def _draw_augmentation(self, split, order, generator):
         aug = self.augment
         if isinstance(split, FileSplit):
-            return aug.sample_windows(split.hw[order], generator) if isinstance(aug, ResizedCropAugment) \
-                else ResizedCropAugment(split.size, enabled=False).sample_windows(split.hw[order])
+            if isinstance(aug, ResizedCropAugment) and aug.enabled:
+                return aug.sample_windows(split.hw[order], generator)
+            return None, None  # no augmentation: the loaders give x_aug = x
         if isinstance(aug, Augment) and aug.enabled:
             return aug.sample(order.shape[0], generator)
         return None, None
