@@ -22,6 +22,8 @@ setup(
     extras_require={
         "dev": ["pytest", "pytest-benchmark"],
         "tensorboard": ["tensorboard"],
+        # NVIDIA DALI input pipelines (--loader dali; picked by --loader auto when installed).
+        "dali": ["nvidia-dali-cuda130"],
     },
     entry_points={"console_scripts": ["lmsrr-train=lmsrr.cli:main"]},
 )
