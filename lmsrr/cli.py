@@ -84,12 +84,19 @@ def main(argv: list[str] | None = None) -> int:
         if args.print_config:
             print(json.dumps(cfg.to_dict(), indent=2))
             return 0
-        from lmsrr.engine import run
+        from lmsrr.engine import Interrupted, run
+        from lmsrr.guard import NonFiniteError
 
         run(cfg)
     except UserError as e:
         print(f"lmsrr-train: error: {e}", file=sys.stderr)
         return 2
+    except Interrupted as e:
+        print(f"lmsrr-train: {e}", file=sys.stderr)
+        return 128 + e.signum  # the shell's convention for "stopped by this signal"
+    except NonFiniteError as e:
+        print(f"lmsrr-train: error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -133,6 +133,17 @@ class MethodConfig:
     replay_batch_size: int = _f(32, "replay samples drawn per step")
     tau: float = _f(0.1, "Gumbel-softmax temperature of the ARO switch vector")
     hard_switch: bool = _f(False, "use straight-through hard Gumbel samples for the switch vector")
+    # Baselines (lmsrr/methods/): each method has its own weights, so one configuration runs every
+    # method of a comparison with its own defaults (alpha / beta above are LMSRR's only).
+    der_alpha: float = _f(0.5, "der: weight of the logit-replay MSE (the DER paper's alpha)")
+    derpp_alpha: float = _f(0.5, "derpp: weight of the logit-replay MSE (the DER++ paper's alpha)")
+    derpp_beta: float = _f(0.5, "derpp: weight of the label-replay cross-entropy (the DER++ paper's beta)")
+    lwf_alpha: float = _f(1.0, "lwf: weight of the distillation from the previous model's outputs")
+    lwf_temperature: float = _f(2.0, "lwf: softmax temperature of the distillation")
+    ewc_lambda: float = _f(100.0, "ewc: weight of the penalty (lambda/2) * sum F (theta - theta*)^2")
+    ewc_gamma: float = _f(1.0, "ewc: online EWC decay of the accumulated Fisher at each task end (1 = none)")
+    si_c: float = _f(1.0, "si: weight c of the penalty c * sum Omega (theta - theta*)^2")
+    si_xi: float = _f(1e-3, "si: damping xi of the importance Omega = w / ((delta theta)^2 + xi)")
 
     def __post_init__(self):
         _check(self.alpha >= 0, f"alpha must be >= 0, got {self.alpha}")
@@ -140,6 +151,11 @@ class MethodConfig:
         _check(self.buffer_size >= 0, f"buffer_size must be >= 0, got {self.buffer_size}")
         _check(self.replay_batch_size >= 1, f"replay_batch_size must be >= 1, got {self.replay_batch_size}")
         _check(self.tau > 0, f"tau must be > 0, got {self.tau}")
+        for name in ("der_alpha", "derpp_alpha", "derpp_beta", "lwf_alpha", "ewc_lambda", "si_c"):
+            _check(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
+        _check(self.lwf_temperature > 0, f"lwf_temperature must be > 0, got {self.lwf_temperature}")
+        _check(0 <= self.ewc_gamma <= 1, f"ewc_gamma must be in [0, 1], got {self.ewc_gamma}")
+        _check(self.si_xi > 0, f"si_xi must be > 0, got {self.si_xi}")
 
 
 @dataclass
@@ -174,6 +190,15 @@ class RuntimeConfig:
         "later evaluations run only the trainable top (0 disables)")
     dist_backend: str = _f("auto", "torch.distributed backend under torchrun: 'auto' (nccl on "
                            "GPU, gloo on CPU), 'nccl' or 'gloo'", choices=("auto", "nccl", "gloo"))
+    stop_after: int = _f(0, "train and evaluate only the first N tasks (0 = all)")
+    resume: str = _f(
+        "none", "'none', 'auto' (newest valid checkpoint in the run directory named by --out-dir "
+        "and --run-name; a fresh start if there is none), or a checkpoint folder or run directory")
+    checkpoint_every: int = _f(
+        0, "also checkpoint every N training steps (0 = only at the end of every task)")
+    keep_checkpoints: int = _f(2, "complete checkpoints kept in the run directory")
+    max_nonfinite_steps: int = _f(
+        20, "consecutive non-finite fp16 steps (skipped by the scaler) tolerated before stopping")
 
     def __post_init__(self):
         d = self.device
@@ -183,6 +208,12 @@ class RuntimeConfig:
         _check_choice("precision", self.precision, ("auto", "bf16", "fp16", "fp32"))
         _check_choice("dist_backend", self.dist_backend, ("auto", "nccl", "gloo"))
         _check(self.eval_cache_mb >= 0, f"eval_cache_mb must be >= 0, got {self.eval_cache_mb}")
+        _check(self.stop_after >= 0, f"stop_after must be >= 0, got {self.stop_after}")
+        _check(self.checkpoint_every >= 0, f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
+        _check(self.keep_checkpoints >= 1, f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
+        _check(self.max_nonfinite_steps >= 1,
+               f"max_nonfinite_steps must be >= 1, got {self.max_nonfinite_steps}")
+        _check(bool(self.resume.strip()), "resume must be 'none', 'auto' or a path")
 
 
 @dataclass
@@ -191,9 +222,13 @@ class LogConfig:
     run_name: str = _f("", "run directory name (default: <stream>-<method>-<timestamp>)")
     log_every: int = _f(20, "steps between logged training metrics")
     progress: bool = _f(True, "show progress bars (--no-progress to hide)")
+    metrics: str = _f(
+        "auto", "accuracies reported: 'auto' (class-IL and task-IL; class-IL only on domain-IL "
+        "streams), 'class-il', or 'class-il,task-il'", choices=("auto", "class-il", "class-il,task-il"))
 
     def __post_init__(self):
         _check(self.log_every >= 1, f"log_every must be >= 1, got {self.log_every}")
+        _check_choice("metrics", self.metrics, ("auto", "class-il", "class-il,task-il"))
 
 
 @dataclass

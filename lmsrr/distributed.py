@@ -72,6 +72,17 @@ def all_reduce_sum_(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def all_reduce_max_(t: torch.Tensor) -> torch.Tensor:
+    if is_initialized():
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t
+
+
+def barrier() -> None:
+    if is_initialized():
+        dist.barrier()
+
+
 def average_grads_(params) -> None:
     """Average gradients that DDP does not see (parameters used outside the DDP forward)."""
     if not is_initialized():

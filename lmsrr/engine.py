@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import signal
 import time
 
 import numpy as np
@@ -17,10 +18,12 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm.auto import tqdm
 
+from lmsrr import checkpoint as ckpt
 from lmsrr import distributed
 from lmsrr.config import Config
 from lmsrr.data import build_stream
-from lmsrr.errors import ConfigError
+from lmsrr.errors import ConfigError, UserError
+from lmsrr.guard import NonFiniteError, NumericsGuard
 from lmsrr.evaluate import PrefixCache, evaluate_seen_tasks
 from lmsrr.methods import Batch, build_method
 from lmsrr.metrics import summarize
@@ -69,6 +72,20 @@ def wrap_top(method, net, rt, device) -> torch.nn.Module:
     return top
 
 
+class Interrupted(Exception):
+    """SIGTERM / SIGINT arrived; a checkpoint was written and the run can be resumed."""
+
+    def __init__(self, signum: int, checkpoint: str, run_dir: str):
+        self.signum = signum
+        self.checkpoint = checkpoint
+        self.run_dir = run_dir
+        name = signal.Signals(signum).name
+        super().__init__(
+            f"{name} received: checkpoint written to {checkpoint}. Resume with the same command "
+            f"plus --resume auto (or --resume {run_dir})."
+        )
+
+
 class Trainer:
     def __init__(self, cfg: Config, run_dir: str | None = None):
         self.cfg = cfg
@@ -81,22 +98,22 @@ class Trainer:
         self.main = distributed.is_main()
         # Same seed on every rank: identical initial weights (DDP also broadcasts rank 0's).
         seed_everything(rt.seed)
-        # Validate everything cheap before any heavy work: stream and method names, data on disk.
+        # Validate everything cheap before any heavy work: names, data on disk, options, output.
         self.stream = build_stream(cfg.data)
         from lmsrr.methods.registry import method_class
 
         # The method's own start-up checks (e.g. a replay method without --buffer-size).
         method_class(cfg.method.name).check_config(cfg, self.stream)
+        self.n_tasks = self._check_options()
+        self.run_path = self._run_path(run_dir)
+        self.run = RunDir(self.run_path) if self.main else None
         self.net = build_net(cfg.model, cfg.method, self.stream.n_classes).to(self.device)
         self.precision = resolve_precision(rt.precision, self.device)
         self.method = build_method(cfg, self.net, self.stream, self.device)
         wrap_top(self.method, self.net, rt, self.device)
         # Augmentation, replay sampling and Gumbel noise may differ across ranks.
         torch.manual_seed(rt.seed + distributed.rank())
-        self.run = None
-        if self.main:
-            name = cfg.log.run_name or f"{cfg.data.stream}-{cfg.method.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-            self.run = RunDir(run_dir or os.path.join(cfg.log.out_dir, name))
+        if self.run is not None:
             self.run.write_json("config.json", cfg.to_dict())
             skipped = getattr(self.stream, "skipped_files", [])
             if skipped:  # unreadable images the stream left out: on record with the run
@@ -109,15 +126,161 @@ class Trainer:
         self.step = 0
         self.images = 0
         self.flops_per_step: dict[int, int] = {}
+        self.acc_c: list[list[float]] = []
+        self.acc_t: list[list[float]] = []
+        self.train_s_total = 0.0
+        self.ckpt_root = os.path.join(self.run_path, "checkpoints")
+        self.guard = NumericsGuard(self.device, self.precision.name == "fp16", rt.max_nonfinite_steps)
+        self.stop_signal: int | None = None
+        self.resumed: dict | None = None
+        self._maybe_resume()
+
+    def _check_options(self) -> int:
+        cfg, stream = self.cfg, self.stream
+        if cfg.log.metrics == "class-il,task-il" and stream.setting == "domain-il":
+            raise ConfigError(
+                f"--metrics class-il,task-il: {stream.name} is a domain-IL stream (every task has "
+                f"the same classes), so task-IL accuracy is not defined; use --metrics auto or class-il"
+            )
+        n = cfg.runtime.stop_after or stream.n_tasks
+        if n > stream.n_tasks:
+            raise ConfigError(f"--stop-after {n}: {stream.name} has only {stream.n_tasks} tasks")
+        return n
+
+    def _run_path(self, run_dir: str | None) -> str:
+        cfg = self.cfg
+        resume = cfg.runtime.resume
+        if run_dir:
+            return run_dir
+        if resume not in ("none", "auto"):
+            if not os.path.exists(resume):
+                raise UserError(f"--resume {resume!r}: no such checkpoint folder or run directory")
+            # a checkpoint folder lives in <run>/checkpoints/step-N
+            path = os.path.abspath(resume)
+            return os.path.dirname(os.path.dirname(path)) if os.path.basename(
+                os.path.dirname(path)) == "checkpoints" else path
+        if resume == "auto" and not cfg.log.run_name:
+            raise ConfigError("--resume auto needs --run-name (the run directory to resume in)")
+        name = cfg.log.run_name or f"{cfg.data.stream}-{cfg.method.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        if distributed.world_size() > 1 and not cfg.log.run_name:
+            # ranks may disagree on the clock's second: take rank 0's name
+            name = distributed.gather_objects(name)[0]
+        return os.path.join(cfg.log.out_dir, name)
+
+    def log(self, record: dict) -> None:
+        if self.run is not None:
+            self.run.log(record, step=self.step)
+
+    # ------------------------------------------------------------------ checkpoints
+    def _trainable_state(self) -> dict:
+        """Trainable parameters and all buffers; frozen weights are rebuilt from the config."""
+        trainable = {n for n, p in self.net.named_parameters() if p.requires_grad}
+        buffers = {n for n, _ in self.net.named_buffers()}
+        return {k: v.detach().clone() for k, v in self.net.state_dict().items()
+                if k in trainable or k in buffers}
+
+    def _frozen_fingerprint(self) -> str:
+        import hashlib
+
+        h = hashlib.sha256()
+        for n, p in self.net.named_parameters():
+            if not p.requires_grad:
+                h.update(n.encode())
+                h.update(p.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        return h.hexdigest()
+
+    def save_checkpoint(self, position: dict, opt=None, scaler=None) -> str:
+        """All ranks call this together; returns the checkpoint folder."""
+        self.guard.check(" (found before writing a checkpoint)")
+        state = {
+            "version": 1,
+            "step": self.step,
+            "images": self.images,
+            "position": position,
+            "net": self._trainable_state(),
+            "frozen_fingerprint": self._frozen_fingerprint(),
+            "method": self.method.state_dict(),
+            "optimizer": opt.state_dict() if opt is not None else None,
+            "scaler": scaler.state_dict() if scaler is not None else None,
+            "rng": ckpt.capture_rng({"shuffle": self.shuffle}),
+            "metrics": {"acc_c": self.acc_c, "acc_t": self.acc_t, "train_s": self.train_s_total},
+            "flops_per_step": self.flops_per_step,
+            "config": self.cfg.to_dict(),
+            "code_revision": ckpt.code_revision(),
+            "world_size": distributed.world_size(),
+        }
+        folder = ckpt.save_rank_state(self.ckpt_root, self.step, distributed.rank(), state)
+        distributed.barrier()
+        if self.main:
+            ckpt.mark_complete(folder, distributed.world_size())
+            ckpt.prune(self.ckpt_root, self.cfg.runtime.keep_checkpoints)
+            self.log({"checkpoint/path": folder, "checkpoint/step": self.step})
+        distributed.barrier()
+        return folder
+
+    def _maybe_resume(self) -> None:
+        resume = self.cfg.runtime.resume
+        if resume == "none" and int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0:
+            resume = "auto"  # torchrun restarted the job after a failure: continue, don't restart
+            log.info("torchrun restart detected: resuming from the newest checkpoint")
+        if resume == "none":
+            return
+        found = ckpt.load_latest(self.ckpt_root, distributed.rank(), distributed.world_size())
+        if found is None:
+            if resume != "auto":
+                raise UserError(f"--resume {resume!r}: no valid checkpoint under {self.ckpt_root}")
+            log.info("no checkpoint in %s: starting from scratch", self.run_path)
+            return
+        state, folder = found
+        if state["frozen_fingerprint"] != self._frozen_fingerprint():
+            raise UserError(f"checkpoint {folder} was written with different frozen source weights "
+                            f"(other --sources, --pretrained or --seed); resume with the original flags")
+        missing, unexpected = self.net.load_state_dict(state["net"], strict=False)
+        if unexpected:
+            raise UserError(f"checkpoint {folder} does not match this model (unexpected keys "
+                            f"{unexpected[:3]}...); resume with the original --sources and options")
+        self.step, self.images = state["step"], state["images"]
+        self.acc_c, self.acc_t = state["metrics"]["acc_c"], state["metrics"]["acc_t"]
+        self.train_s_total = state["metrics"]["train_s"]
+        self.flops_per_step = state["flops_per_step"]
+        self.resumed = state
+        log.info("resumed from %s (task %d, epoch %d, batch %d)", folder,
+                 state["position"]["task"] + 1, state["position"]["epoch"] + 1, state["position"]["batch"])
+        self.log({"checkpoint/resumed_from": folder, "checkpoint/code_revision": state["code_revision"]})
+
+    # ------------------------------------------------------------------ signals
+    def _on_signal(self, signum, frame) -> None:
+        if self.stop_signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now
+        self.stop_signal = signum
+        log.warning("%s received: finishing this step, then checkpointing", signal.Signals(signum).name)
+
+    def _should_stop(self, every_step_ok: bool) -> bool:
+        if not distributed.is_initialized():
+            return self.stop_signal is not None
+        if not every_step_ok:  # a collective per step would cost a sync: only on log steps
+            return False
+        flag = torch.tensor([1 if self.stop_signal is not None else 0])
+        if self.device.type == "cuda":
+            flag = flag.to(self.device)
+        distributed.all_reduce_max_(flag)
+        return bool(flag.item())
 
     def log(self, record: dict) -> None:
         if self.run is not None:
             self.run.log(record, step=self.step)
 
     # ------------------------------------------------------------------ training
-    def _batch_iter(self, t: int):
-        """(batch, seconds spent producing it) pairs: the data-time share of the step."""
+    def _batch_iter(self, t: int, skip: int = 0):
+        """(batch, seconds spent producing it) pairs: the data-time share of the step.
+        ``skip`` batches are drawn and dropped first, right away (resuming inside an epoch)."""
         it = iter(self.method.train_batches(t, self.cfg.data.batch_size, self.shuffle))
+        for _ in range(skip):
+            next(it)
+        return self._timed(it, t)
+
+    @staticmethod
+    def _timed(it, t: int):
         while True:
             t0 = time.perf_counter()
             try:
@@ -137,6 +300,8 @@ class Trainer:
         else:
             out.loss.backward()
         distributed.average_grads_(self.net.switch.parameters())
+        grads = [p.grad for p in method.parameters() if p.grad is not None]
+        self.guard.record(self.step + 1, batch.task, {**out.terms, "loss/total": out.loss}, grads)
         method.after_backward(batch, out)
         if scaler is not None:
             scaler.step(opt)  # skipped when a gradient is inf/NaN; the scale then shrinks
@@ -162,32 +327,85 @@ class Trainer:
             self.method.top = top
             self.net.zero_grad(set_to_none=True)
 
-    def train_task(self, t: int) -> None:
-        cfg, net, method = self.cfg, self.net, self.method
-        net.train()
-        method.begin_task(t)
-        opt = make_optimizer(method.parameters(), cfg.optim)
+    def _start_task(self, t: int):
+        """begin_task, a fresh optimizer (as the released code), and the resume position."""
+        cfg, method = self.cfg, self.method
+        self.net.train()
         scaler = self.precision.scaler(self.device)
-        steps = method.num_train_batches(t, cfg.data.batch_size) * cfg.optim.epochs
-        bar = tqdm(total=steps, desc=f"task {t + 1}/{self.stream.n_tasks}",
-                   disable=not self.progress, leave=False)
+        epoch, skip, epoch_gen = 0, 0, None
+        state, self.resumed = self.resumed, None
+        if state is not None:
+            pos = state["position"]
+            if pos["batch"] == 0:
+                # At a task boundary the saved method state is the previous task's final one:
+                # load it first, then begin_task builds this task's state from it.
+                method.load_state_dict(state["method"])
+                method.begin_task(t)
+            else:
+                # Inside a task: begin_task ran before the checkpoint; its products (the old
+                # model's snapshot, ...) are in the saved state, which therefore wins.
+                method.begin_task(t)
+                method.load_state_dict(state["method"])
+            opt = make_optimizer(method.parameters(), cfg.optim)
+            if pos["batch"] > 0:
+                opt.load_state_dict(state["optimizer"])
+                if scaler is not None and state["scaler"] is not None:
+                    scaler.load_state_dict(state["scaler"])
+            epoch, skip, epoch_gen = pos["epoch"], pos["batch"], pos.get("epoch_generator")
+            ckpt.restore_rng(state["rng"], {"shuffle": self.shuffle})
+        else:
+            method.begin_task(t)
+            opt = make_optimizer(method.parameters(), cfg.optim)
+        return opt, scaler, epoch, skip, epoch_gen, state
+
+    def train_task(self, t: int) -> None:
+        cfg, method = self.cfg, self.method
+        opt, scaler, first_epoch, skip, epoch_gen, resumed = self._start_task(t)
+        per_epoch = method.num_train_batches(t, cfg.data.batch_size)
+        bar = tqdm(total=per_epoch * cfg.optim.epochs, initial=first_epoch * per_epoch + skip,
+                   desc=f"task {t + 1}/{self.stream.n_tasks}", disable=not self.progress, leave=False)
         timer = StepTimer()
         peak = peak_flops(self.device, self.precision.name)
-        for epoch in range(cfg.optim.epochs):
-            for batch, data_s in self._batch_iter(t):
+        every = cfg.runtime.checkpoint_every
+        for epoch in range(first_epoch, cfg.optim.epochs):
+            done = 0
+            if skip:
+                # Replay this epoch's draw: the shuffling generator as it was at the epoch's
+                # start, the finished batches drawn and dropped, then every RNG as checkpointed.
+                self.shuffle.set_state(epoch_gen)
+                batches = self._batch_iter(t, skip)
+                ckpt.restore_rng(resumed["rng"], {"shuffle": self.shuffle})
+                done, skip = resumed["position"]["batch"], 0
+            else:
+                epoch_gen = self.shuffle.get_state()
+                batches = self._batch_iter(t)
+            for batch, data_s in batches:
                 if peak is not None and t not in self.flops_per_step:
                     self._measure_flops(batch)
                     timer.reset()
                 timer.data(data_s)
                 out = self._train_step(opt, scaler, batch)
                 self.step += 1
+                done += 1
                 self.images += batch.y.shape[0] * distributed.world_size()
                 timer.step(batch.y.shape[0] * distributed.world_size())
                 bar.update()
-                if self.step % cfg.log.log_every == 0:
+                log_step = self.step % cfg.log.log_every == 0
+                if log_step:
+                    self.guard.check()
                     self._log_step(out, t, epoch, timer, peak)
                     timer.reset()
+                ckpt_step = every and self.step % every == 0
+                stop = self._should_stop(log_step)
+                if ckpt_step or stop:
+                    folder = self.save_checkpoint(
+                        {"task": t, "epoch": epoch, "batch": done, "epoch_generator": epoch_gen},
+                        opt, scaler)
+                    if stop:
+                        bar.close()
+                        raise Interrupted(self.stop_signal or signal.SIGTERM, folder, self.run_path)
         bar.close()
+        self.guard.check(" (found at the end of the task)")
         method.end_task(t)
 
     def _log_step(self, out, t, epoch, timer, peak) -> None:
@@ -207,63 +425,103 @@ class Trainer:
     # ------------------------------------------------------------------ main loop
     def fit(self) -> dict:
         cfg = self.cfg
-        acc_c, acc_t = [], []
-        t_start = time.perf_counter()
-        train_s_total = 0.0
+        t_start = time.perf_counter() - self.train_s_total
         if self.run is not None:
             log.info("run directory: %s", self.run.path)
-        results = {}
-        for t in range(self.stream.n_tasks):
-            t0 = time.perf_counter()
-            self.train_task(t)
-            train_s = time.perf_counter() - t0
-            train_s_total += train_s
-            self.net.eval()
-            cil, til = evaluate_seen_tasks(self.method, self.stream, t, self.device,
-                                           cfg.data.eval_batch_size, self.progress, self.eval_cache)
-            acc_c.append(cil)
-            acc_t.append(til)
-            rec = {"task": t, "cl/acc_class_il": float(np.mean(cil)), "cl/acc_task_il": float(np.mean(til)),
-                   "cl/acc_class_il_per_task": cil, "cl/acc_task_il_per_task": til,
-                   "time/train_task_s": train_s}
-            if distributed.is_initialized():
-                hashes = distributed.gather_objects(distributed.state_hash(self.net))
-                rec["ddp/weight_hashes"] = hashes
-                rec["ddp/weights_in_sync"] = len(set(hashes)) == 1
-                if not rec["ddp/weights_in_sync"]:
-                    log.error("ranks hold different weights after task %d", t + 1)
-            self.log(rec)
-            if self.main:
-                log.info("task %d/%d: class-IL %.2f  task-IL %.2f  (%.1fs)", t + 1,
-                         self.stream.n_tasks, rec["cl/acc_class_il"], rec["cl/acc_task_il"], train_s)
-            results = self._results(acc_c, acc_t, time.perf_counter() - t_start, train_s_total)
-            if self.run is not None:
-                self.run.write_json("results.json", results)  # after every task: nothing lost
+        first_task = self.resumed["position"]["task"] if self.resumed else 0
+        if self.resumed and first_task >= self.n_tasks:  # the run had already finished
+            self.resumed = None
+        handlers = _install_signal_handlers(self._on_signal)
+        try:
+            for t in range(first_task, self.n_tasks):
+                t0 = time.perf_counter()
+                self.train_task(t)
+                train_s = time.perf_counter() - t0
+                self.train_s_total += train_s
+                self._evaluate(t, train_s)
+                folder = self.save_checkpoint({"task": t + 1, "epoch": 0, "batch": 0})
+                if self.run is not None:  # after every task: nothing lost on a crash
+                    self.run.write_json("results.json", self._results(time.perf_counter() - t_start))
+                if self._should_stop(True):
+                    raise Interrupted(self.stop_signal or signal.SIGTERM, folder, self.run_path)
+        finally:
+            _restore_signal_handlers(handlers)
+        results = self._results(time.perf_counter() - t_start)
         results["complete"] = True
+        results["weights_sha256"] = distributed.state_hash(self.net)
         if self.run is not None:
             self.run.write_json("results.json", results)
-            self.run.save_heatmaps({"class-IL": acc_c, "task-IL": acc_t})
+            matrices = {"class-IL": self.acc_c}
+            if self.report_task_il:
+                matrices["task-IL"] = self.acc_t
+            self.run.save_heatmaps(matrices)
             self.run.close()
         return results
 
-    def _results(self, acc_c, acc_t, wall_s, train_s) -> dict:
-        return {
+    @property
+    def report_task_il(self) -> bool:
+        return self.cfg.log.metrics != "class-il" and self.stream.setting != "domain-il"
+
+    def _evaluate(self, t: int, train_s: float) -> None:
+        self.net.eval()
+        cil, til = evaluate_seen_tasks(self.method, self.stream, t, self.device,
+                                       self.cfg.data.eval_batch_size, self.progress, self.eval_cache)
+        self.acc_c.append(cil)
+        self.acc_t.append(til)
+        rec = {"task": t, "cl/acc_class_il": float(np.mean(cil)), "cl/acc_class_il_per_task": cil,
+               "time/train_task_s": train_s}
+        if self.report_task_il:
+            rec.update({"cl/acc_task_il": float(np.mean(til)), "cl/acc_task_il_per_task": til})
+        if distributed.is_initialized():
+            hashes = distributed.gather_objects(distributed.state_hash(self.net))
+            rec["ddp/weight_hashes"] = hashes
+            rec["ddp/weights_in_sync"] = len(set(hashes)) == 1
+            if not rec["ddp/weights_in_sync"]:
+                log.error("ranks hold different weights after task %d", t + 1)
+        self.log(rec)
+        if self.main:
+            til_text = f"  task-IL {rec['cl/acc_task_il']:.2f}" if self.report_task_il else ""
+            log.info("task %d/%d: class-IL %.2f%s  (%.1fs)", t + 1, self.n_tasks,
+                     rec["cl/acc_class_il"], til_text, train_s)
+
+    def _results(self, wall_s: float) -> dict:
+        res = {
             "stream": self.stream.name,
             "method": self.cfg.method.name,
-            "tasks_trained": len(acc_c),
-            "n_tasks": self.stream.n_tasks,
+            "tasks_trained": len(self.acc_c),
+            "n_tasks": self.n_tasks,
             "complete": False,
-            "acc_class_il": acc_c,
-            "acc_task_il": acc_t,
-            "summary_class_il": summarize(acc_c),
-            "summary_task_il": summarize(acc_t),
+            "acc_class_il": self.acc_c,
+            "summary_class_il": summarize(self.acc_c),
+        }
+        if self.report_task_il:
+            res.update({"acc_task_il": self.acc_t, "summary_task_il": summarize(self.acc_t)})
+        res.update({
             "wall_time_s": wall_s,
-            "train_time_s": train_s,
-            "images_per_s": self.images / max(train_s, 1e-9),
+            "train_time_s": self.train_s_total,
+            "images_per_s": self.images / max(self.train_s_total, 1e-9),
             "steps": self.step,
             "world_size": distributed.world_size(),
             "precision": self.precision.name,
-        }
+        })
+        return res
+
+
+def _install_signal_handlers(handler) -> dict:
+    """SIGTERM / SIGINT -> checkpoint and a clean exit (only possible in the main thread)."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    old = {}
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        old[sig] = signal.signal(sig, handler)
+    return old
+
+
+def _restore_signal_handlers(old: dict) -> None:
+    for sig, h in old.items():
+        signal.signal(sig, h)
 
 
 def run(cfg: Config, run_dir: str | None = None) -> dict:

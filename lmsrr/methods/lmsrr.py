@@ -85,3 +85,13 @@ class LMSRR(ContinualMethod):
     def state_dict(self) -> dict:
         return {"buffer": self.buffer.state_dict() if self.buffer else None,
                 "old_blocks": self.old_blocks.state_dict() if self.old_blocks is not None else None}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.buffer is not None:
+            self.buffer.load_state_dict(state["buffer"])
+        if state["old_blocks"] is None:
+            self.old_blocks = None
+        else:
+            if self.old_blocks is None:
+                self.old_blocks = self.net.snapshot_blocks()
+            self.old_blocks.load_state_dict(state["old_blocks"])

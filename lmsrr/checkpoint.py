@@ -1,0 +1,166 @@
+"""Atomic, verified checkpoints: nothing a crash, a pre-emption or a bad disk write can cost.
+
+Layout inside the run directory::
+
+    checkpoints/step-00001234/rank0.pt        one file per rank (replay buffers and RNG differ)
+    checkpoints/step-00001234/rank0.pt.sha256
+    checkpoints/step-00001234/COMPLETE        written last, by rank 0, once every rank is done
+
+Each file is written to a temporary name, fsync'd and renamed, so a checkpoint is either whole or
+absent; its SHA-256 is checked on load, so a truncated or corrupted one is detected and the
+previous one used instead (with a warning).
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import re
+import shutil
+
+import torch
+
+log = logging.getLogger("lmsrr.checkpoint")
+
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+def _fsync_dir(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str, data: bytes) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(os.path.dirname(path))
+
+
+def save_rank_state(ckpt_root: str, step: int, rank: int, state: dict) -> str:
+    folder = os.path.join(ckpt_root, f"step-{step:08d}")
+    os.makedirs(folder, exist_ok=True)
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    data = buf.getvalue()
+    path = os.path.join(folder, f"rank{rank}.pt")
+    atomic_write_bytes(path, data)
+    atomic_write_bytes(path + ".sha256", hashlib.sha256(data).hexdigest().encode())
+    return folder
+
+
+def mark_complete(folder: str, world_size: int) -> None:
+    atomic_write_bytes(os.path.join(folder, "COMPLETE"), str(world_size).encode())
+
+
+def prune(ckpt_root: str, keep: int) -> None:
+    """Remove all but the newest ``keep`` complete checkpoints (and any older partial ones)."""
+    complete = [s for s, f in _step_dirs(ckpt_root) if os.path.exists(os.path.join(f, "COMPLETE"))]
+    if len(complete) <= keep:
+        return
+    cutoff = sorted(complete)[-keep]
+    for step, folder in _step_dirs(ckpt_root):
+        if step < cutoff:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _step_dirs(ckpt_root: str) -> list[tuple[int, str]]:
+    if not os.path.isdir(ckpt_root):
+        return []
+    out = []
+    for name in os.listdir(ckpt_root):
+        m = _STEP_DIR.match(name)
+        if m:
+            out.append((int(m.group(1)), os.path.join(ckpt_root, name)))
+    return sorted(out)
+
+
+def _verified_load(path: str):
+    with open(path, "rb") as f:
+        data = f.read()
+    with open(path + ".sha256") as f:
+        expected = f.read().strip()
+    if hashlib.sha256(data).hexdigest() != expected:
+        raise ValueError("checksum mismatch (truncated or corrupted file)")
+    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+
+
+def load_latest(ckpt_root: str, rank: int, world_size: int) -> tuple[dict, str] | None:
+    """The newest checkpoint whose files all verify, as (this rank's state, folder); None if none.
+
+    Invalid checkpoints (incomplete, truncated, corrupted, other world size) are skipped with a
+    warning naming the problem.
+    """
+    for step, folder in reversed(_step_dirs(ckpt_root)):
+        marker = os.path.join(folder, "COMPLETE")
+        try:
+            if not os.path.exists(marker):
+                raise ValueError("incomplete (no COMPLETE marker)")
+            with open(marker) as f:
+                saved_world = int(f.read().strip() or 0)
+            if saved_world != world_size:
+                raise ValueError(f"written by {saved_world} process(es), this run has {world_size}")
+            # Every rank verifies every file, so all ranks agree on which checkpoint is valid.
+            states = [_verified_load(os.path.join(folder, f"rank{r}.pt")) for r in range(world_size)]
+        except Exception as e:  # any unreadable checkpoint falls back to the previous one
+            log.warning("checkpoint %s is unusable (%s); trying the previous one", folder, e)
+            continue
+        return states[rank], folder
+    return None
+
+
+def capture_rng(extra_generators: dict[str, torch.Generator]) -> dict:
+    import random
+
+    import numpy as np
+
+    state = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "generators": {k: g.get_state() for k, g in extra_generators.items()},
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict, extra_generators: dict[str, torch.Generator]) -> None:
+    import random
+
+    import numpy as np
+
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    for k, g in extra_generators.items():
+        g.set_state(state["generators"][k])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def code_revision() -> str:
+    """Git revision of the checkout the code runs from, or the package version."""
+    import subprocess
+
+    import lmsrr
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(lmsrr.__file__)))
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
+                             text=True, timeout=5)
+        if out.returncode == 0:
+            return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return f"lmsrr {lmsrr.__version__}"
