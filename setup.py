@@ -25,5 +25,5 @@ setup(
         # NVIDIA DALI input pipelines (--loader dali; picked by --loader auto when installed).
         "dali": ["nvidia-dali-cuda130"],
     },
-    entry_points={"console_scripts": ["lmsrr-train=lmsrr.cli:main"]},
+    entry_points={"console_scripts": ["lmsrr-train=lmsrr.cli:main", "lmsrr-compare=lmsrr.compare:main"]},
 )

@@ -119,4 +119,6 @@ class EWC(Finetune):
         return {"fisher": self.fisher, "anchor": self.anchor}
 
     def load_state_dict(self, state: dict) -> None:
-        self.fisher, self.anchor = state["fisher"], state["anchor"]
+        # Checkpoints load on the CPU.
+        self.fisher, self.anchor = ([t.to(self.device) for t in state[k]] if state[k] is not None
+                                    else None for k in ("fisher", "anchor"))

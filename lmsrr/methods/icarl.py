@@ -151,7 +151,9 @@ class ICaRL(Baseline):
 
     def load_state_dict(self, state: dict) -> None:
         self.exemplars = {int(c): x.to(self.device) for c, x in state["exemplars"].items()}
-        self.class_means, self.n_means = state["class_means"], int(state["n_means"])
+        means = state["class_means"]  # checkpoints load on the CPU
+        self.class_means = None if means is None else means.to(self.device)
+        self.n_means = int(state["n_means"])
         self.old = None
         if state["old"] is not None:
             self.old = self.net.snapshot_top()

@@ -78,5 +78,7 @@ class SI(Finetune):
                 "before": self.before}
 
     def load_state_dict(self, state: dict) -> None:
+        # Checkpoints load on the CPU; every list is this method's device-resident state.
         for k in ("omega", "anchor", "w", "start", "before"):
-            setattr(self, k, state[k])
+            v = state[k]
+            setattr(self, k, None if v is None else [t.to(self.device) for t in v])
