@@ -56,7 +56,13 @@ def init(device_pref: str, backend_pref: str) -> torch.device:
         torch.cuda.set_device(device)
     backend = backend_pref if backend_pref != "auto" else ("nccl" if use_cuda else "gloo")
     if not is_initialized():
-        dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=30))
+        timeout = datetime.timedelta(minutes=30)
+        store, r, w = next(dist.rendezvous("env://", timeout=timeout))
+        # After an elastic restart the store still holds the failed attempt's keys (e.g. the
+        # dead ranks' addresses); a per-attempt prefix keeps every attempt's keys apart.
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        store = dist.PrefixStore(f"lmsrr/attempt-{attempt}/", store)
+        dist.init_process_group(backend=backend, store=store, rank=r, world_size=w, timeout=timeout)
     log.info("rank %d/%d on %s (backend %s)", rank(), world_size(), device, backend)
     return device
 
