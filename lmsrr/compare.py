@@ -217,6 +217,9 @@ def build_parser(prog: str = "lmsrr-compare") -> argparse.ArgumentParser:
         "of lmsrr-train applies to all of them) and write comparison.md, comparison.csv and "
         "comparison.png: final class-IL and task-IL accuracy, forgetting, backward transfer, "
         "wall time and images/s, and average accuracy after each task.")
+    for action in p._actions:  # one method per run, named after it: refused in main()
+        if action.dest in ("method.name", "log.run_name"):
+            action.help = argparse.SUPPRESS
     g = p.add_argument_group("comparison options")
     g.add_argument("--methods", default=",".join(DEFAULT_METHODS),
                    help=f"comma-separated methods to run, in order (default: {','.join(DEFAULT_METHODS)})")
