@@ -154,12 +154,7 @@ class DaliLoader:
         from lmsrr.data.stream import FileSplit
 
         if isinstance(split, FileSplit):
-            if plans and plans[0].crops is None:  # augmentation off: the training view is x itself
-                for (x,), p in zip(self._run(split, plans, device, "file-test"), plans):
-                    yield x, x, split.y[p.idx].to(device, non_blocking=True)
-                return
-            for (x, a), p in zip(self._run(split, plans, device, "file-train"), plans):
-                yield x, a, split.y[p.idx].to(device, non_blocking=True)
+            yield from self._file_batches(split, plans, augment, device, train=True)
             return
         for (x, a), p in zip(self._run(split, plans, device, "tensor-train"), plans):
             yield x, a, split.y[p.idx].to(device, non_blocking=True)
@@ -172,8 +167,31 @@ class DaliLoader:
             for p in plans:
                 yield split.x[p.idx].to(device, non_blocking=True), split.y[p.idx].to(device, non_blocking=True)
             return
-        for (x,), p in zip(self._run(split, plans, device, "file-test"), plans):
-            yield x, split.y[p.idx].to(device, non_blocking=True)
+        for x, _, y in self._file_batches(split, plans, None, device, train=False):
+            yield x, y
+
+    def _file_batches(self, split, plans, augment, device: torch.device, train: bool) -> Iterator:
+        """(x, x_aug, y) from the file pipelines. DALI cannot skip a sample it fails to decode (a
+        file that broke after the scan, or one nvJPEG rejects): then the rest of the epoch comes
+        from the torch loader, which skips unreadable files one by one and logs their paths, so a
+        bad file never stops a task."""
+        plain = not train or (plans and plans[0].crops is None)  # no augmentation: x_aug = x
+        kind = "file-test" if plain else "file-train"
+        done = 0
+        try:
+            for outs in self._run(split, plans, device, kind):
+                p = plans[done]
+                x, a = (outs[0], outs[0]) if plain else outs
+                yield x, a, split.y[p.idx].to(device, non_blocking=True)
+                done += 1
+        except RuntimeError as e:
+            self._pipes.pop((kind, str(device)), None)  # a failed pipeline cannot be reused
+            reason = " ".join(str(e).split()) or type(e).__name__
+            log.warning("DALI failed to decode a batch (%s); the torch loader finishes this pass over "
+                        "%d remaining batch(es) and skips unreadable files", reason[:300], len(plans) - done)
+            from lmsrr.data.loaders import TorchLoader
+
+            yield from TorchLoader(self.threads)._file_batches(split, plans[done:], augment, device, train)
 
     # ------------------------------------------------------------------ pipelines
     def _build(self, split, kind: str, max_batch: int, device: torch.device) -> _Entry:

@@ -6,7 +6,7 @@ and return the same batches: uint8 (x, x_aug) and labels on the training device.
 * in-memory splits: torch gathers, crops and flips on the device; DALI runs an
   ``external_source`` -> slice (zero-padded crop) -> flip pipeline, on the GPU when the training
   device is CUDA and on the CPU otherwise.
-* file splits: torch decodes and resizes in DataLoader worker processes; DALI reads the files in
+* file splits: torch decodes and resizes in a thread pool (``--loader-workers`` threads); DALI reads the files in
   ``external_source``, decodes with ``device="mixed"`` on a GPU (nvJPEG) or on the CPU, and crops,
   resizes and flips in the pipeline.
 
@@ -18,6 +18,8 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator
 
 import torch
@@ -71,7 +73,8 @@ class TorchLoader:
     name = "torch"
 
     def __init__(self, workers: int = 1):
-        self.workers = workers
+        self.workers = max(1, workers)
+        self._pool: ThreadPoolExecutor | None = None
         self._resident: dict[tuple[int, str], torch.Tensor] = {}
 
     def _on_device(self, split, device: torch.device) -> torch.Tensor:
@@ -105,51 +108,56 @@ class TorchLoader:
             yield split.x[p.idx].to(device, non_blocking=True), split.y[p.idx].to(device, non_blocking=True)
 
     def _file_batches(self, split, plans, augment, device, train: bool) -> Iterator:
-        workers = min(self.workers, len(plans)) if len(plans) > 1 else 0
-        ds = _FileBatches(split, plans, train)
-        dl = torch.utils.data.DataLoader(ds, batch_size=None, shuffle=False, num_workers=workers,
-                                         pin_memory=device.type == "cuda",
-                                         prefetch_factor=4 if workers else None)
-        for x, x_aug, y, bad in dl:
+        """Decode and transform batches in a thread pool, ``2 * workers`` batches ahead, in order.
+        Threads rather than DataLoader processes: decoding and resizing run in torch / torchvision
+        ops that release the GIL, and a pool costs nothing to start at every epoch."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="lmsrr-decode")
+        pending: deque = deque()
+        todo = iter(plans)
+
+        def submit():
+            p = next(todo, None)
+            if p is not None:
+                pending.append(self._pool.submit(load_file_batch, split, p, train))
+
+        for _ in range(2 * self.workers):
+            submit()
+        while pending:
+            x, x_aug, y, bad = pending.popleft().result()
+            submit()
             for path in bad:
                 log.warning("skipped an unreadable image: %s", path)
             if x.shape[0] == 0:
                 continue
+            if device.type == "cuda":
+                x, x_aug = x.pin_memory(), x_aug.pin_memory()
             yield (x.to(device, non_blocking=True), x_aug.to(device, non_blocking=True),
                    y.to(device, non_blocking=True))
 
 
-class _FileBatches(torch.utils.data.Dataset):
-    """Item i = batch i of the plan, decoded and transformed in a DataLoader worker."""
+def load_file_batch(split, p, train: bool):
+    """One planned batch, decoded: (x, x_aug, y, paths that could not be decoded)."""
+    from lmsrr.data.images import decode_rgb
 
-    def __init__(self, split, plans, train: bool):
-        self.split, self.plans, self.train = split, plans, train
-
-    def __len__(self) -> int:
-        return len(self.plans)
-
-    def __getitem__(self, i: int):
-        from lmsrr.data.images import decode_rgb
-
-        split, p = self.split, self.plans[i]
-        size = split.size
-        geo = split.geometry(p.idx)
-        xs, augs, ys, bad = [], [], [], []
-        for k, j in enumerate(p.idx.tolist()):
-            try:
-                img = decode_rgb(split.paths[j])
-            except Exception:  # a file that changed or broke after the scan: skip, never crash
-                bad.append(split.paths[j])
-                continue
-            rh, rw, top, left = geo[k].tolist()
-            x = resize_u8(img, (rh, rw))[:, top:top + size, left:left + size]
-            xs.append(x)
-            if self.train and p.crops is not None:
-                t0, l0, ch, cw = p.crops[k].tolist()
-                a = resize_u8(img[:, t0:t0 + ch, l0:l0 + cw], (size, size))
-                augs.append(a.flip(-1) if bool(p.flips[k]) else a)
-            ys.append(int(split.y[j]))
-        empty = torch.empty(0, 3, size, size, dtype=torch.uint8)
-        x = torch.stack(xs) if xs else empty
-        x_aug = torch.stack(augs) if augs else x  # no augmentation: the training view is x
-        return x, x_aug, torch.tensor(ys, dtype=torch.long), bad
+    size = split.size
+    geo = split.geometry(p.idx)
+    xs, augs, ys, bad = [], [], [], []
+    for k, j in enumerate(p.idx.tolist()):
+        try:
+            img = decode_rgb(split.paths[j])
+        except Exception:  # a file that changed or broke after the scan: skip, never crash
+            bad.append(split.paths[j])
+            continue
+        rh, rw, top, left = geo[k].tolist()
+        x = resize_u8(img, (rh, rw))[:, top:top + size, left:left + size]
+        xs.append(x)
+        if train and p.crops is not None:
+            t0, l0, ch, cw = p.crops[k].tolist()
+            a = resize_u8(img[:, t0:t0 + ch, l0:l0 + cw], (size, size))
+            augs.append(a.flip(-1) if bool(p.flips[k]) else a)
+        ys.append(int(split.y[j]))
+    empty = torch.empty(0, 3, size, size, dtype=torch.uint8)
+    x = torch.stack(xs) if xs else empty
+    x_aug = torch.stack(augs) if augs else x  # no augmentation: the training view is x
+    return x, x_aug, torch.tensor(ys, dtype=torch.long), bad

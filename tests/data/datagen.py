@@ -27,6 +27,16 @@ def corrupt(path: str) -> None:
         f.write(data[: len(data) // 3])
 
 
+def truncate_after_header(path: str) -> None:
+    """Replace an image by a noisy 48x48 JPEG cut at 70%: its header reads (size known), but
+    decoding fails, so only a full decode finds it."""
+    img = np.random.default_rng(1).integers(0, 256, (48, 48, 3), dtype=np.uint8)
+    Image.fromarray(img).save(path, format="JPEG", quality=95)
+    data = open(path, "rb").read()
+    with open(path, "wb") as f:
+        f.write(data[: int(len(data) * 0.7)])
+
+
 def write_cifar(root: str, n_classes: int = 10, per_class: int = 3, seed: int = 0) -> str:
     folder, names, key = (("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"], "labels")
                           if n_classes == 10 else ("cifar-100-python", ["train", "test"], "fine_labels"))

@@ -120,6 +120,24 @@ def test_two_shards_see_every_sample_exactly_once(data_root, loader, name):
     assert sum(y.numel() for part in test for _, y in part) == n_test
 
 
+@pytest.mark.parametrize("loader", LOADERS)
+def test_file_that_fails_to_decode_mid_task_is_skipped_not_fatal(tmp_path, loader, caplog):
+    """With --no-verify-images a truncated file passes the header scan and fails when decoded:
+    the batch goes on without it (DALI hands the rest of the pass to the torch loader)."""
+    import datagen
+
+    base = datagen.write_cub(str(tmp_path))
+    bad = f"{base}/images/003.Bird_3/Bird_3_0.jpg"  # a training image of class 2 (task 0)
+    datagen.truncate_after_header(bad)
+    s = stream(str(tmp_path), "seq-cub200", loader, verify_images=False, image_size=16)
+    assert s.skipped_files == [] and bad in s._train.paths
+    with caplog.at_level("WARNING", logger="lmsrr.data"):
+        for _ in range(2):  # and again the next epoch
+            labels = Counter(torch.cat([y for _, _, y in epoch(s, 0, bs=4)]).tolist())
+            assert labels == {c: 1 for c in range(20) if c != 2}
+    assert f"skipped an unreadable image: {bad}" in caplog.text
+
+
 # ---------------------------------------------------------------- augmentation
 def test_replay_resized_crop_is_identity_for_the_full_window_and_stays_in_range():
     x = torch.randint(0, 256, (6, 3, 16, 16), dtype=torch.uint8)
