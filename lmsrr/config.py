@@ -60,7 +60,7 @@ class DataConfig:
         "auto", "input pipeline: 'dali' (NVIDIA DALI; GPU decode and augmentation when training on "
         "CUDA), 'torch', or 'auto' (DALI when installed)", choices=("auto", "dali", "torch"),
     )
-    loader_workers: int = _f(0, "DALI threads / torch DataLoader worker processes (0 = one per CPU core)")
+    loader_workers: int = _f(0, "DALI threads / torch loader decoding threads (0 = one per CPU core)")
     image_size: int = _f(
         0, "resolution of file datasets' images (ImageNet-R, CUB-200, Cars-196; 0 = 224); in-memory "
         "datasets keep their native size",
