@@ -76,10 +76,11 @@ def dali_epoch_fn():
         if state["used"]:
             pipe.reset()
         state["used"] = True
+        stream = torch.cuda.current_stream() if HAS_CUDA else None
         for _ in plans:
-            out = to_torch(pipe.run()[2], DEVICE)
+            out = to_torch(pipe.run(stream)[2], DEVICE)
         try:
-            pipe.run()
+            pipe.run(stream)
         except StopIteration:
             pass
         return out

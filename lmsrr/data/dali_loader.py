@@ -237,9 +237,11 @@ class DaliLoader:
         if entry.used:
             entry.pipe.reset()
         entry.used, entry.clean = True, False
+        # On a GPU, the outputs are consumed on torch's current stream: DALI makes it wait for them.
+        stream = torch.cuda.current_stream(device) if device.type == "cuda" else None
         for _ in range(len(plans)):
-            yield [to_torch(o, device) for o in entry.pipe.run()]
+            yield [to_torch(o, device) for o in entry.pipe.run(stream)]
         try:
-            entry.pipe.run()
+            entry.pipe.run(stream)
         except StopIteration:
             entry.clean = True
