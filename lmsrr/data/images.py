@@ -26,7 +26,10 @@ def decode_rgb(path: str) -> torch.Tensor:
     """(3, H, W) uint8; EXIF orientation ignored (as in DALI with ``adjust_orientation=False``)."""
     from torchvision.io import ImageReadMode, decode_image, read_file
 
-    return decode_image(read_file(path), mode=ImageReadMode.RGB)
+    img = decode_image(read_file(path), mode=ImageReadMode.RGB)
+    if img.dtype != torch.uint8:  # 16-bit PNGs decode to uint16
+        img = torch.div(img.to(torch.int32), 257, rounding_mode="floor").to(torch.uint8)
+    return img
 
 
 def probe(path: str, verify: bool = True) -> tuple[int, int] | str:

@@ -122,3 +122,26 @@ def test_corrupt_file_is_reported_skipped_and_counted(data_root, caplog):
     assert info["corrupt"] not in s._train.paths + s._test.paths
     # Its class (label 7) is in task 0: the task trains without touching the file.
     assert labels_of(s, 0, "train")[7] == 4
+
+
+def test_tinyimagenet_skips_a_corrupt_file_while_decoding(tmp_path, caplog):
+    import datagen
+
+    wnids = datagen.write_tinyimagenet(str(tmp_path))
+    bad = os.path.join(str(tmp_path), "tiny-imagenet-200", "train", wnids[5], "images", f"{wnids[5]}_1.JPEG")
+    datagen.corrupt(bad)
+    with caplog.at_level(logging.WARNING, logger="lmsrr.data"):
+        s = stream(str(tmp_path), "seq-tinyimg")
+    assert s.skipped_files == [bad] and bad in caplog.text
+    assert labels_of(s, 0, "train") == {c: (1 if c == 5 else 2) for c in range(20)}
+
+
+def test_seeded_class_order_on_a_file_stream(data_root):
+    root, _ = data_root
+    s = stream(root, "seq-cub200", class_order="seed:3")
+    natural = torch.arange(200)
+    assert not torch.equal(s.order, natural) and sorted(s.order.tolist()) == natural.tolist()
+    for path, label in zip(s._train.paths, s._train.y.tolist()):
+        folder_class = int(path.split("/images/")[1][:3]) - 1  # "017.Bird_17/..." -> 16
+        assert s.order[label] == folder_class
+    assert labels_of(s, 0, "train") == {c: 1 for c in range(20)}
