@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from lmsrr.cli import main
 from lmsrr.config import Config
 
 
@@ -13,3 +14,14 @@ def _seed():
 def tiny_cfg(tmp_path) -> Config:
     """The default job's configuration, shortened: one epoch, output under tmp_path."""
     return Config().replace(optim={"epochs": 1}, log={"out_dir": str(tmp_path), "progress": False})
+
+
+@pytest.fixture
+def cli(capsys):
+    """cli(*flags) -> (exit status, stderr) of ``lmsrr-train`` run in-process, without bars."""
+
+    def run(*args):
+        code = main(list(args) + ["--no-progress"])
+        return code, capsys.readouterr().err
+
+    return run

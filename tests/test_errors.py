@@ -4,28 +4,24 @@ import pytest
 from lmsrr.cli import main
 
 
-def run_cli(capsys, *args):
-    code = main(list(args) + ["--no-progress"])
-    return code, capsys.readouterr().err
 
-
-def test_unknown_source_name_suggests_close_names(capsys, tmp_path):
-    code, err = run_cli(capsys, "--sources", "vit_tiny_patch16_22", "--out-dir", str(tmp_path))
+def test_unknown_source_name_suggests_close_names(cli, tmp_path):
+    code, err = cli("--sources", "vit_tiny_patch16_22", "--out-dir", str(tmp_path))
     assert code == 2
     assert "unknown timm model 'vit_tiny_patch16_22'" in err and "vit_tiny_patch16_224" in err
 
 
-def test_missing_dataset_names_the_expected_path(capsys, tmp_path):
-    code, err = run_cli(capsys, "--stream", "seq-cifar100", "--data-root", str(tmp_path / "nowhere"),
+def test_missing_dataset_names_the_expected_path(cli, tmp_path):
+    code, err = cli("--stream", "seq-cifar100", "--data-root", str(tmp_path / "nowhere"),
                         "--out-dir", str(tmp_path))
     assert code == 2
     assert str(tmp_path / "nowhere" / "cifar-100-python") in err and "--download" in err
 
 
-def test_unknown_stream_and_method(capsys, tmp_path):
-    code, err = run_cli(capsys, "--stream", "seq-cifar1000", "--out-dir", str(tmp_path))
+def test_unknown_stream_and_method(cli, tmp_path):
+    code, err = cli("--stream", "seq-cifar1000", "--out-dir", str(tmp_path))
     assert code == 2 and "unknown stream 'seq-cifar1000'" in err and "seq-cifar100" in err
-    code, err = run_cli(capsys, "--method", "lmsr", "--out-dir", str(tmp_path))
+    code, err = cli("--method", "lmsr", "--out-dir", str(tmp_path))
     assert code == 2 and "unknown method 'lmsr'" in err and "did you mean 'lmsrr'" in err
 
 
@@ -40,22 +36,22 @@ def test_unknown_stream_and_method(capsys, tmp_path):
     ("--class-order", "shuffled", "'natural' or 'seed:N'"),
     ("--trainable-blocks", "9", "trainable_blocks=9 but the model has 4 blocks"),
 ])
-def test_invalid_numbers(capsys, tmp_path, flag, value, message):
-    code, err = run_cli(capsys, flag, value, "--out-dir", str(tmp_path))
+def test_invalid_numbers(cli, tmp_path, flag, value, message):
+    code, err = cli(flag, value, "--out-dir", str(tmp_path))
     assert code == 2 and message in err, err
 
 
-def test_missing_weight_file(capsys, tmp_path):
-    code, err = run_cli(capsys, "--pretrained", f"{tmp_path}/a.pth,{tmp_path}/b.pth", "--out-dir", str(tmp_path))
+def test_missing_weight_file(cli, tmp_path):
+    code, err = cli("--pretrained", f"{tmp_path}/a.pth,{tmp_path}/b.pth", "--out-dir", str(tmp_path))
     assert code == 2 and "a.pth" in err and "does not exist" in err
-    code, err = run_cli(capsys, "--pretrained", f"{tmp_path}/a.pth", "--out-dir", str(tmp_path))
+    code, err = cli("--pretrained", f"{tmp_path}/a.pth", "--out-dir", str(tmp_path))
     assert code == 2 and "one per source" in err
 
 
-def test_unwritable_results_directory(capsys, tmp_path):
+def test_unwritable_results_directory(cli, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")
-    code, err = run_cli(capsys, "--out-dir", str(blocker), "--epochs", "1")
+    code, err = cli("--out-dir", str(blocker), "--epochs", "1")
     assert code == 2 and "cannot write the results directory" in err
 
 
