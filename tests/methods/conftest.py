@@ -9,11 +9,21 @@ from lmsrr.models import build_net
 BASELINES = ["finetune", "joint", "er", "der", "derpp", "lwf", "icarl", "agem", "ewc", "si", "nmc"]
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One torch thread: on a shared 2-core machine two threads spin against each other and the
+    other processes (forward/backward steps measured 50x slower). Restored after each test."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture
 def fast_cfg(tmp_path) -> Config:
     """The default job's sources, shortened: one epoch, batches of 32."""
     return Config().replace(optim={"epochs": 1}, data={"batch_size": 32, "eval_batch_size": 512},
-                            log={"out_dir": str(tmp_path), "progress": False})
+                            runtime={"threads": 1}, log={"out_dir": str(tmp_path), "progress": False})
 
 
 @pytest.fixture(scope="session")

@@ -53,7 +53,7 @@ def test_compare_runs_every_method_with_the_same_configuration(tmp_path, short_s
     monkeypatch.setattr("lmsrr.data.build_stream", lambda data_cfg: short_stream)
     out = tmp_path / "cmp"
     code = main(["--methods", "nmc,finetune", "--epochs", "1", "--batch-size", "64", "--seed", "3",
-                 "--out", str(out), "--no-progress"])
+                 "--threads", "1", "--out", str(out), "--no-progress"])
     assert code == 0
     cfgs = {m: json.loads((out / m / "config.json").read_text()) for m in ("nmc", "finetune")}
     assert cfgs["nmc"]["method"].pop("name") == "nmc" and cfgs["finetune"]["method"].pop("name") == "finetune"
