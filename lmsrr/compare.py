@@ -9,7 +9,9 @@ writes, next to them:
     comparison.csv   the same numbers and more (per-task curves, task-IL forgetting, run paths)
     comparison.png   average class-IL accuracy after each task, one line per method
 
-The report is rewritten after every method, so a long comparison loses nothing finished.
+The report is rewritten after every method, so a long comparison loses nothing finished; the
+same command with ``--resume auto`` continues an interrupted one (each method's run directory
+keeps its checkpoints; finished methods resume at their end).
 """
 from __future__ import annotations
 
@@ -231,6 +233,8 @@ def build_parser(prog: str = "lmsrr-compare") -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None, prog: str = "lmsrr-compare") -> int:
     from lmsrr.cli import config_from_args
+    from lmsrr.engine import Interrupted
+    from lmsrr.guard import NonFiniteError
 
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(prog)
@@ -263,4 +267,13 @@ def main(argv: list[str] | None = None, prog: str = "lmsrr-compare") -> int:
     except UserError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
+    except Interrupted as e:
+        # The finished methods are in the report; rerunning with --resume auto and the same
+        # --out continues the interrupted method from its checkpoint (finished ones resume at
+        # their end, where nothing is left to train).
+        print(f"{prog}: {e}", file=sys.stderr)
+        return 128 + e.signum
+    except NonFiniteError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 1
     return 0
