@@ -38,6 +38,8 @@ def step_config(gpu: bool) -> Config:
 def setup_step(provider: str, batch: int, device: torch.device, precision: str = "fp32"):
     """Return (step_fn, images_per_step). step_fn runs forward, backward and an SGD step."""
     gpu = device.type == "cuda"
+    if not gpu:
+        torch.set_flush_denormal(True)  # as the trainer does on CPU (see lmsrr/engine.py)
     cfg = step_config(gpu)
     stream = synthetic_stream()
     torch.manual_seed(0)

@@ -96,6 +96,11 @@ class Trainer:
             torch.use_deterministic_algorithms(True, warn_only=True)
         self.device = distributed.init(rt.device, rt.dist_backend)
         self.main = distributed.is_main()
+        if self.device.type == "cpu":
+            # Tiny values (ConvNeXt's layer scale starts at 1e-6) make denormal floats in the
+            # backward pass, which x86 CPUs process ~20x slower; flushing them to zero costs
+            # nothing measurable in accuracy (GPUs flush them in fast paths anyway).
+            torch.set_flush_denormal(True)
         # Same seed on every rank: identical initial weights (DDP also broadcasts rank 0's).
         seed_everything(rt.seed)
         # Validate everything cheap before any heavy work: names, data on disk, options, output.
