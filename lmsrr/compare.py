@@ -76,9 +76,16 @@ def row_from_results(method: str, results: dict, run_dir: str = "") -> dict:
     }
 
 
+def failed_row(method: str, error: str, run_dir: str = "") -> dict:
+    """A method whose run stopped on non-finite values: listed last, with the reason."""
+    row = {k: None for k in CSV_FIELDS}
+    row.update({"method": method, "curve": [], "run_dir": run_dir, "error": error})
+    return row
+
+
 def ranked(rows: list[dict]) -> list[dict]:
-    """Best final class-IL accuracy first (ties: the order the methods ran in)."""
-    return sorted(rows, key=lambda r: -r["class_il"])
+    """Best final class-IL accuracy first, failed runs last (ties: the order the methods ran in)."""
+    return sorted(rows, key=lambda r: (r["class_il"] is None, -(r["class_il"] or 0.0)))
 
 
 def _fmt(v, digits: int = 1, unit: str = "") -> str:
@@ -91,6 +98,9 @@ def markdown_table(rows: list[dict]) -> str:
     lines = ["| method | class-IL (%) | task-IL (%) | forgetting | BWT | wall time (s) | images/s |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     for r in ranked(rows):
+        if r.get("error"):
+            lines.append(f"| {r['method']} | diverged (see below) | — | — | — | — | — |")
+            continue
         lines.append(f"| {r['method']} | {_fmt(r['class_il'])} | {_fmt(r['task_il'])} | "
                      f"{_fmt(r['forgetting'])} | {_fmt(r['bwt'])} | {_fmt(r['wall_time_s'], 0)} | "
                      f"{_fmt(r['images_per_s'], 0)} |")
@@ -108,12 +118,15 @@ steps (class means of the frozen network's fused features), hence no images/s.""
 
 def write_markdown(rows: list[dict], path: str, header: str = "") -> None:
     text = (header + "\n\n" if header else "") + markdown_table(rows) + "\n\n" + NOTES + "\n"
+    for r in rows:
+        if r.get("error"):
+            text += f"\n{r['method']}: {r['error']}\n"
     _atomic_write(path, text)
 
 
 def write_csv(rows: list[dict], path: str) -> None:
     n = max((len(r["curve"]) for r in rows), default=0)
-    fields = list(CSV_FIELDS) + [f"class_il_after_task_{t + 1}" for t in range(n)] + ["run_dir"]
+    fields = list(CSV_FIELDS) + [f"class_il_after_task_{t + 1}" for t in range(n)] + ["run_dir", "error"]
     tmp = path + ".tmp"
     with open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields)
@@ -122,6 +135,7 @@ def write_csv(rows: list[dict], path: str) -> None:
             rec = {k: ("" if r.get(k) is None else r[k]) for k in CSV_FIELDS}
             rec.update({f"class_il_after_task_{t + 1}": v for t, v in enumerate(r["curve"])})
             rec["run_dir"] = r["run_dir"]
+            rec["error"] = r.get("error", "")
             w.writerow(rec)
     os.replace(tmp, path)
 
@@ -134,6 +148,8 @@ def plot_curves(rows: list[dict], path: str, title: str = "") -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for r in ranked(rows):
+        if r.get("error"):
+            continue
         xs = range(1, len(r["curve"]) + 1)
         ax.plot(xs, r["curve"], marker="o", markersize=3, label=f"{r['method']} ({r['class_il']:.1f})")
     n = max((len(r["curve"]) for r in rows), default=1)
@@ -144,7 +160,8 @@ def plot_curves(rows: list[dict], path: str, title: str = "") -> None:
     ax.grid(alpha=0.3)
     if title:
         ax.set_title(title)
-    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    if ax.lines:  # none when every method so far diverged
+        ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.tight_layout()
     tmp = path + ".tmp.png"
     fig.savefig(tmp, dpi=120)
@@ -175,10 +192,13 @@ def describe(cfg, command: str) -> str:
 
 def run_comparison(cfg, methods: list[str], out: str, command: str = "") -> list[dict]:
     """Train every method in ``methods`` with ``cfg`` (only ``method.name`` differs); write the
-    report under ``out`` after each one; return the rows."""
+    report under ``out`` after each one; return the rows. A method whose training stops on
+    non-finite values (e.g. a too stiff penalty for the learning rate) is reported as diverged
+    and the comparison goes on; any other error ends it."""
     from lmsrr import distributed
     from lmsrr.data import build_stream
     from lmsrr.engine import Trainer
+    from lmsrr.guard import NonFiniteError
     from lmsrr.methods.registry import method_class
 
     # Every method's start-up checks before the first one trains: a bad combination fails in
@@ -198,11 +218,16 @@ def run_comparison(cfg, methods: list[str], out: str, command: str = "") -> list
             log.info("comparison %d/%d: %s", i + 1, len(methods), name)
             t0 = time.perf_counter()
             trainer = Trainer(configs[name])
-            results = trainer.fit()
-            rows.append(row_from_results(name, results, trainer.run_path))
+            try:
+                rows.append(row_from_results(name, trainer.fit(), trainer.run_path))
+            except NonFiniteError as e:
+                log.error("%s diverged: %s", name, e)
+                rows.append(failed_row(name, str(e), trainer.run_path))
             if distributed.is_main():
                 write_report(rows, out, header, title)
-                log.info("%s: class-IL %.2f (%.0f s)", name, rows[-1]["class_il"], time.perf_counter() - t0)
+                if rows[-1].get("error") is None:
+                    log.info("%s: class-IL %.2f (%.0f s)", name, rows[-1]["class_il"],
+                             time.perf_counter() - t0)
     finally:
         distributed.cleanup()  # under torchrun every Trainer joined the same process group
     return rows
@@ -264,6 +289,10 @@ def main(argv: list[str] | None = None, prog: str = "lmsrr-compare") -> int:
         rows = run_comparison(cfg, methods, out, command=" ".join([prog] + [shlex.quote(a) for a in argv]))
         print(markdown_table(rows))
         print(f"report: {os.path.join(out, 'comparison.md')}")
+        failed = [r["method"] for r in rows if r.get("error")]
+        if failed:
+            print(f"{prog}: error: diverged: {', '.join(failed)} (see the report)", file=sys.stderr)
+            return 1
     except UserError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2

@@ -140,11 +140,11 @@ class MethodConfig:
     derpp_beta: float = _f(0.5, "derpp: weight of the label-replay cross-entropy (the DER++ paper's beta)")
     lwf_alpha: float = _f(1.0, "lwf: weight of the distillation from the previous model's outputs")
     lwf_temperature: float = _f(2.0, "lwf: softmax temperature of the distillation")
-    ewc_lambda: float = _f(100.0, "ewc: weight of the penalty (lambda/2) * sum F (theta - theta*)^2; "
-                           "plain SGD diverges once lr * lambda * max F exceeds 2")
+    ewc_lambda: float = _f(10.0, "ewc: weight of the penalty (lambda/2) * sum F (theta - theta*)^2; "
+                          "plain SGD diverges once lr * lambda * max F exceeds 2")
     ewc_gamma: float = _f(1.0, "ewc: online EWC decay of the accumulated Fisher at each task end (1 = none)")
-    si_c: float = _f(10.0, "si: weight c of the penalty c * sum Omega (theta - theta*)^2; plain SGD "
-                     "diverges once 2 * lr * c * max Omega exceeds 2")
+    si_c: float = _f(5.0, "si: weight c of the penalty c * sum Omega (theta - theta*)^2; plain SGD "
+                    "diverges once 2 * lr * c * max Omega exceeds 2")
     si_xi: float = _f(1.0, "si: damping xi of the importance Omega = w / ((delta theta)^2 + xi)")
 
     def __post_init__(self):

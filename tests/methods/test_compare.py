@@ -94,3 +94,31 @@ def test_every_compare_flag_has_help_and_method_is_hidden():
         assert action.help, action.option_strings
     text = p.format_help()
     assert "--methods" in text and "--out" in text and "--method NAME" not in text
+
+
+def test_a_diverging_method_is_reported_and_the_comparison_goes_on(tmp_path, short_stream, monkeypatch,
+                                                                   capsys):
+    from lmsrr.methods.finetune import Finetune
+
+    monkeypatch.setattr("lmsrr.engine.build_stream", lambda data_cfg: short_stream)
+    monkeypatch.setattr("lmsrr.data.build_stream", lambda data_cfg: short_stream)
+    loss = Finetune.loss
+
+    def nan_loss(self, batch):
+        out = loss(self, batch)
+        out.loss = out.loss * float("nan")
+        return out
+
+    monkeypatch.setattr(Finetune, "loss", nan_loss)
+    out = tmp_path / "cmp"
+    code = main(["--methods", "finetune,nmc", "--epochs", "1", "--batch-size", "64", "--threads", "1",
+                 "--stop-after", "2", "--out", str(out), "--no-progress"])
+    assert code == 1 and "diverged: finetune" in capsys.readouterr().err
+    md = (out / "comparison.md").read_text()
+    body = [line for line in md.splitlines() if line.startswith("| ") and "method" not in line]
+    assert body[0].startswith("| nmc | ") and body[1] == "| finetune | diverged (see below) | — | — | — | — | — |"
+    assert "finetune: non-finite value" in md
+    with open(out / "comparison.csv") as f:
+        recs = {r["method"]: r for r in csv.DictReader(f)}
+    assert recs["finetune"]["class_il"] == "" and "non-finite" in recs["finetune"]["error"]
+    assert recs["nmc"]["error"] == "" and float(recs["nmc"]["class_il"]) > 0
