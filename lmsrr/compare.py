@@ -2,14 +2,17 @@
 
 Every method runs through :class:`lmsrr.engine.Trainer` with the same configuration (seed,
 sources, stream, loaders, precision, epochs, batch size, ...) except ``--method``, so they differ
-only in the method. Each run keeps its own run directory (``<out>/<method>/``); the comparison
-writes, next to them:
+only in the method; with ``--seeds a,b,c`` every method runs once per seed and the report gives
+mean ± sample standard deviation. Each run keeps its own run directory (``<out>/<method>/``, or
+``<out>/<method>-seed<N>/``); the comparison writes, next to them:
 
-    comparison.md    a Markdown table, best final class-IL accuracy first
-    comparison.csv   the same numbers and more (per-task curves, task-IL forgetting, run paths)
-    comparison.png   average class-IL accuracy after each task, one line per method
+    comparison.md    a Markdown table, best mean final class-IL accuracy first
+    comparison.csv   the same numbers and more (standard deviations, per-seed accuracy, per-task
+                     curves, task-IL forgetting and BWT, run paths)
+    comparison.png   average class-IL accuracy after each task, one line per method (a band of
+                     one standard deviation with several seeds)
 
-The report is rewritten after every method, so a long comparison loses nothing finished; the
+The report is rewritten after every run, so a long comparison loses nothing finished; the
 same command with ``--resume auto`` continues an interrupted one (each method's run directory
 keeps its checkpoints; finished methods resume at their end).
 """
@@ -33,8 +36,9 @@ log = logging.getLogger("lmsrr.compare")
 DEFAULT_METHODS = ("lmsrr", "joint", "derpp", "der", "er", "icarl", "agem", "lwf", "ewc", "si",
                    "nmc", "finetune")
 
-CSV_FIELDS = ("method", "class_il", "task_il", "forgetting", "bwt", "task_il_forgetting",
-              "task_il_bwt", "wall_time_s", "train_time_s", "images_per_s", "steps")
+# Per-run metrics; a method's row holds their mean over its seeds and, next to each, "<name>_std".
+METRICS = ("class_il", "task_il", "forgetting", "bwt", "task_il_forgetting", "task_il_bwt",
+           "wall_time_s", "train_time_s", "images_per_s", "steps")
 
 
 def parse_methods(text: str) -> list[str]:
@@ -53,13 +57,22 @@ def parse_methods(text: str) -> list[str]:
     return names
 
 
-def row_from_results(method: str, results: dict, run_dir: str = "") -> dict:
-    """One table row from a run's ``results.json``."""
+def parse_seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UserError(f"--seeds {text!r}: use comma-separated integers, e.g. 0,1,2") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise UserError(f"--seeds {text!r}: name at least one seed, each once")
+    return seeds
+
+
+def run_from_results(results: dict, seed: int, run_dir: str = "") -> dict:
+    """The metrics of one run, from its ``results.json``."""
     cil = results["summary_class_il"]
     til = results.get("summary_task_il")  # absent for domain-IL streams or --metrics class-il
-    curve = [sum(r) / len(r) for r in results["acc_class_il"]]
     return {
-        "method": method,
+        "seed": seed,
         "class_il": cil["avg_acc"],
         "task_il": til["avg_acc"] if til else None,
         "forgetting": cil["forgetting"],
@@ -71,27 +84,61 @@ def row_from_results(method: str, results: dict, run_dir: str = "") -> dict:
         # Methods that take no training steps (nmc) have no training throughput.
         "images_per_s": results.get("images_per_s") if results.get("steps") else None,
         "steps": results.get("steps"),
-        "curve": curve,
+        "curve": [sum(r) / len(r) for r in results["acc_class_il"]],
         "run_dir": run_dir,
     }
 
 
-def failed_row(method: str, error: str, run_dir: str = "") -> dict:
-    """A method whose run stopped on non-finite values: listed last, with the reason."""
-    row = {k: None for k in CSV_FIELDS}
-    row.update({"method": method, "curve": [], "run_dir": run_dir, "error": error})
+def failed_run(seed: int, error: str, run_dir: str = "") -> dict:
+    return {"seed": seed, "error": error, "run_dir": run_dir}
+
+
+def _mean_std(values: list) -> tuple[float | None, float | None]:
+    vals = [v for v in values if v is not None]
+    if len(vals) != len(values) or not vals:  # undefined for some seed: undefined overall
+        return None, None
+    mean = sum(vals) / len(vals)
+    if len(vals) < 2:
+        return mean, None
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1))  # sample std
+
+
+def method_row(method: str, runs: list[dict]) -> dict:
+    """One table row: the mean (and sample standard deviation) of each metric over the method's
+    runs (one per seed) and the mean accuracy curve. Any diverged run marks the method diverged."""
+    row = {"method": method, "seeds": [r["seed"] for r in runs],
+           "run_dirs": [r["run_dir"] for r in runs]}
+    errors = [f"seed {r['seed']}: {r['error']}" for r in runs if r.get("error")]
+    if errors:
+        row.update({k: None for k in METRICS})
+        row.update({f"{k}_std": None for k in METRICS})
+        row.update({"curve": [], "curve_std": [], "class_il_per_seed": [], "error": "; ".join(errors)})
+        return row
+    for k in METRICS:
+        row[k], row[f"{k}_std"] = _mean_std([r[k] for r in runs])
+    n_tasks = min(len(r["curve"]) for r in runs)
+    points = [_mean_std([r["curve"][t] for r in runs]) for t in range(n_tasks)]
+    row["curve"] = [m for m, _ in points]
+    row["curve_std"] = [sd for _, sd in points]
+    row["class_il_per_seed"] = [r["class_il"] for r in runs]
+    row["error"] = None
     return row
 
 
 def ranked(rows: list[dict]) -> list[dict]:
-    """Best final class-IL accuracy first, failed runs last (ties: the order the methods ran in)."""
+    """Best mean final class-IL accuracy first, diverged methods last (ties: run order)."""
     return sorted(rows, key=lambda r: (r["class_il"] is None, -(r["class_il"] or 0.0)))
 
 
-def _fmt(v, digits: int = 1, unit: str = "") -> str:
+def _fmt(v, digits: int = 1) -> str:
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return "—"
-    return f"{v:.{digits}f}{unit}"
+    return f"{v:.{digits}f}"
+
+
+def _cell(row: dict, key: str, digits: int = 1) -> str:
+    std = row.get(f"{key}_std")
+    return _fmt(row[key], digits) + (f" ± {std:.{digits}f}" if std is not None and row[key] is not None else "")
 
 
 def markdown_table(rows: list[dict]) -> str:
@@ -101,14 +148,18 @@ def markdown_table(rows: list[dict]) -> str:
         if r.get("error"):
             lines.append(f"| {r['method']} | diverged (see below) | — | — | — | — | — |")
             continue
-        lines.append(f"| {r['method']} | {_fmt(r['class_il'])} | {_fmt(r['task_il'])} | "
-                     f"{_fmt(r['forgetting'])} | {_fmt(r['bwt'])} | {_fmt(r['wall_time_s'], 0)} | "
+        lines.append(f"| {r['method']} | {_cell(r, 'class_il')} | {_cell(r, 'task_il')} | "
+                     f"{_cell(r, 'forgetting')} | {_cell(r, 'bwt')} | {_fmt(r['wall_time_s'], 0)} | "
                      f"{_fmt(r['images_per_s'], 0)} |")
     return "\n".join(lines)
 
 
-NOTES = """\
-Final average accuracy over all tasks after the last one. Forgetting and BWT are class-IL (mean
+def notes(n_seeds: int) -> str:
+    spread = (f"Mean ± sample standard deviation over {n_seeds} seeds (each seed changes the initial "
+              f"weights, shuffling, augmentation and replay draws); wall time and images/s are means. "
+              if n_seeds > 1 else "")
+    return spread + """\
+Accuracy: final average over all tasks after the last one. Forgetting and BWT are class-IL (mean
 over earlier tasks of best-earlier minus final accuracy, and of final minus just-learned accuracy).
 Wall time: the whole run (training, evaluation after every task, checkpoints). images/s: stream
 images per second of training time (replayed samples not counted). joint: cumulative training on
@@ -117,7 +168,8 @@ steps (class means of the frozen network's fused features), hence no images/s.""
 
 
 def write_markdown(rows: list[dict], path: str, header: str = "") -> None:
-    text = (header + "\n\n" if header else "") + markdown_table(rows) + "\n\n" + NOTES + "\n"
+    n_seeds = max((len(r["seeds"]) for r in rows), default=1)
+    text = (header + "\n\n" if header else "") + markdown_table(rows) + "\n\n" + notes(n_seeds) + "\n"
     for r in rows:
         if r.get("error"):
             text += f"\n{r['method']}: {r['error']}\n"
@@ -126,16 +178,19 @@ def write_markdown(rows: list[dict], path: str, header: str = "") -> None:
 
 def write_csv(rows: list[dict], path: str) -> None:
     n = max((len(r["curve"]) for r in rows), default=0)
-    fields = list(CSV_FIELDS) + [f"class_il_after_task_{t + 1}" for t in range(n)] + ["run_dir", "error"]
+    fields = (["method", "seeds"] + [f for k in METRICS for f in (k, f"{k}_std")] + ["class_il_per_seed"]
+              + [f"class_il_after_task_{t + 1}" for t in range(n)] + ["run_dirs", "error"])
     tmp = path + ".tmp"
     with open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields)
         w.writeheader()
         for r in ranked(rows):
-            rec = {k: ("" if r.get(k) is None else r[k]) for k in CSV_FIELDS}
+            rec = {k: ("" if r.get(k) is None else r[k]) for k in fields if k in r}
+            rec["seeds"] = " ".join(str(s) for s in r["seeds"])
+            rec["class_il_per_seed"] = " ".join(f"{v:.4f}" for v in r["class_il_per_seed"])
             rec.update({f"class_il_after_task_{t + 1}": v for t, v in enumerate(r["curve"])})
-            rec["run_dir"] = r["run_dir"]
-            rec["error"] = r.get("error", "")
+            rec["run_dirs"] = " ".join(r["run_dirs"])
+            rec["error"] = r.get("error") or ""
             w.writerow(rec)
     os.replace(tmp, path)
 
@@ -150,10 +205,15 @@ def plot_curves(rows: list[dict], path: str, title: str = "") -> None:
     for r in ranked(rows):
         if r.get("error"):
             continue
-        xs = range(1, len(r["curve"]) + 1)
-        ax.plot(xs, r["curve"], marker="o", markersize=3, label=f"{r['method']} ({r['class_il']:.1f})")
+        xs = list(range(1, len(r["curve"]) + 1))
+        (line,) = ax.plot(xs, r["curve"], marker="o", markersize=3,
+                          label=f"{r['method']} ({r['class_il']:.1f})")
+        if all(sd is not None for sd in r["curve_std"]):  # several seeds: a band of one std
+            lo = [m - sd for m, sd in zip(r["curve"], r["curve_std"])]
+            hi = [m + sd for m, sd in zip(r["curve"], r["curve_std"])]
+            ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.12, linewidth=0)
     n = max((len(r["curve"]) for r in rows), default=1)
-    ax.set_xticks(range(1, n + 1))
+    ax.set_xticks(range(1, max(n, 1) + 1))
     ax.set_xlabel("after training task")
     ax.set_ylabel("average class-IL accuracy (%)")
     ax.set_ylim(0, 100)
@@ -182,52 +242,61 @@ def write_report(rows: list[dict], out: str, header: str = "", title: str = "") 
     plot_curves(rows, os.path.join(out, "comparison.png"), title)
 
 
-def describe(cfg, command: str) -> str:
+def describe(cfg, command: str, seeds: list[int]) -> str:
     m, o, d = cfg.model, cfg.optim, cfg.data
-    return (f"Comparison on `{d.stream}`, seed {cfg.runtime.seed}, sources `{m.sources}` "
+    seed_text = f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {', '.join(map(str, seeds))}"
+    return (f"Comparison on `{d.stream}`, {seed_text}, sources `{m.sources}` "
             f"(pretrained: {m.pretrained}), {o.epochs} epoch(s) per task, {o.optimizer} lr {o.lr}, "
             f"batch {d.batch_size}, buffer {cfg.method.buffer_size}, replay batch "
             f"{cfg.method.replay_batch_size}.\n\nCommand: `{command}`")
 
 
-def run_comparison(cfg, methods: list[str], out: str, command: str = "") -> list[dict]:
-    """Train every method in ``methods`` with ``cfg`` (only ``method.name`` differs); write the
-    report under ``out`` after each one; return the rows. A method whose training stops on
-    non-finite values (e.g. a too stiff penalty for the learning rate) is reported as diverged
-    and the comparison goes on; any other error ends it."""
+def run_comparison(cfg, methods: list[str], out: str, command: str = "",
+                   seeds: list[int] | None = None) -> list[dict]:
+    """Train every method in ``methods`` with ``cfg`` (only ``method.name`` differs) once per seed
+    (default: ``cfg.runtime.seed``); write the report under ``out`` after each run; return the
+    rows. A run that stops on non-finite values (e.g. a penalty too stiff for the learning rate)
+    marks its method diverged and the comparison goes on; any other error ends it."""
     from lmsrr import distributed
     from lmsrr.data import build_stream
     from lmsrr.engine import Trainer
     from lmsrr.guard import NonFiniteError
     from lmsrr.methods.registry import method_class
 
+    seeds = seeds or [cfg.runtime.seed]
     # Every method's start-up checks before the first one trains: a bad combination fails in
     # seconds, not after an hour of other methods.
     stream = build_stream(cfg.data)
     configs = {}
     for name in methods:
-        configs[name] = cfg.replace(method={"name": name}, log={"out_dir": out, "run_name": name})
-        method_class(name).check_config(configs[name], stream)
+        for seed in seeds:
+            run_name = name if len(seeds) == 1 else f"{name}-seed{seed}"
+            configs[name, seed] = cfg.replace(method={"name": name}, runtime={"seed": seed},
+                                              log={"out_dir": out, "run_name": run_name})
+        method_class(name).check_config(configs[name, seeds[0]], stream)
     del stream
 
-    header = describe(cfg, command) if command else ""
+    header = describe(cfg, command, seeds) if command else ""
     title = f"{cfg.data.stream}: average class-IL accuracy after each task"
-    rows = []
+    runs: dict[str, list[dict]] = {}
+    rows: list[dict] = []
     try:
         for i, name in enumerate(methods):
-            log.info("comparison %d/%d: %s", i + 1, len(methods), name)
-            t0 = time.perf_counter()
-            trainer = Trainer(configs[name])
-            try:
-                rows.append(row_from_results(name, trainer.fit(), trainer.run_path))
-            except NonFiniteError as e:
-                log.error("%s diverged: %s", name, e)
-                rows.append(failed_row(name, str(e), trainer.run_path))
-            if distributed.is_main():
-                write_report(rows, out, header, title)
-                if rows[-1].get("error") is None:
-                    log.info("%s: class-IL %.2f (%.0f s)", name, rows[-1]["class_il"],
-                             time.perf_counter() - t0)
+            for seed in seeds:
+                log.info("comparison %d/%d: %s (seed %d)", i + 1, len(methods), name, seed)
+                trainer = Trainer(configs[name, seed])
+                try:
+                    runs.setdefault(name, []).append(run_from_results(trainer.fit(), seed, trainer.run_path))
+                except NonFiniteError as e:
+                    log.error("%s (seed %d) diverged: %s", name, seed, e)
+                    runs.setdefault(name, []).append(failed_run(seed, str(e), trainer.run_path))
+                rows = [method_row(m, rs) for m, rs in runs.items()]
+                if distributed.is_main():
+                    write_report(rows, out, header, title)
+                    last = runs[name][-1]
+                    if not last.get("error"):
+                        log.info("%s (seed %d): class-IL %.2f (%.0f s)", name, seed, last["class_il"],
+                                 last["wall_time_s"])
     finally:
         distributed.cleanup()  # under torchrun every Trainer joined the same process group
     return rows
@@ -241,15 +310,18 @@ def build_parser(prog: str = "lmsrr-compare") -> argparse.ArgumentParser:
     p.prog = prog
     p.description = (
         "Train several methods on one stream with the same configuration (every training flag "
-        "of lmsrr-train applies to all of them) and write comparison.md, comparison.csv and "
-        "comparison.png: final class-IL and task-IL accuracy, forgetting, backward transfer, "
-        "wall time and images/s, and average accuracy after each task.")
+        "of lmsrr-train applies to all of them), optionally over several seeds, and write "
+        "comparison.md, comparison.csv and comparison.png: final class-IL and task-IL accuracy, "
+        "forgetting, backward transfer, wall time and images/s, and average accuracy after each task.")
     for action in p._actions:  # one method per run, named after it: refused in main()
         if action.dest in ("method.name", "log.run_name"):
             action.help = argparse.SUPPRESS
     g = p.add_argument_group("comparison options")
     g.add_argument("--methods", default=",".join(DEFAULT_METHODS),
                    help=f"comma-separated methods to run, in order (default: {','.join(DEFAULT_METHODS)})")
+    g.add_argument("--seeds", default="",
+                   help="comma-separated seeds: every method runs once per seed and the report shows "
+                        "mean ± standard deviation (default: --seed alone)")
     g.add_argument("--out", default="",
                    help="folder for the report and one run directory per method "
                         "(default: <out-dir>/compare-<stream>-<timestamp>)")
@@ -274,6 +346,7 @@ def main(argv: list[str] | None = None, prog: str = "lmsrr-compare") -> int:
             raise UserError("--run-name: lmsrr-compare names each run after its method under --out")
         methods = parse_methods(args.methods)
         cfg = config_from_args(args)
+        seeds = parse_seeds(args.seeds) if args.seeds else [cfg.runtime.seed]
         if args.print_config:
             import json
 
@@ -286,7 +359,8 @@ def main(argv: list[str] | None = None, prog: str = "lmsrr-compare") -> int:
         except OSError as e:
             raise UserError(f"cannot create the comparison folder {out!r} ({e.strerror}); "
                             f"choose another with --out") from e
-        rows = run_comparison(cfg, methods, out, command=" ".join([prog] + [shlex.quote(a) for a in argv]))
+        rows = run_comparison(cfg, methods, out, command=" ".join([prog] + [shlex.quote(a) for a in argv]),
+                              seeds=seeds)
         print(markdown_table(rows))
         print(f"report: {os.path.join(out, 'comparison.md')}")
         failed = [r["method"] for r in rows if r.get("error")]

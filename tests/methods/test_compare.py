@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from lmsrr.compare import main, markdown_table, row_from_results, write_report
+from lmsrr.compare import failed_run, main, markdown_table, method_row, run_from_results, write_report
 
 
 def fake_results(rows_cil, rows_til=None, steps=10, img_s=100.0, wall=12.0):
@@ -17,22 +17,42 @@ def fake_results(rows_cil, rows_til=None, steps=10, img_s=100.0, wall=12.0):
     return res
 
 
-def test_row_from_results_uses_the_accuracy_matrix():
-    r = row_from_results("er", fake_results([[90.0], [40.0, 80.0], [30.0, 50.0, 70.0]],
-                                            [[90.0], [85.0, 80.0], [80.0, 75.0, 70.0]]))
+def test_run_from_results_uses_the_accuracy_matrix():
+    r = run_from_results(fake_results([[90.0], [40.0, 80.0], [30.0, 50.0, 70.0]],
+                                      [[90.0], [85.0, 80.0], [80.0, 75.0, 70.0]]), seed=0)
     assert r["curve"] == pytest.approx([90.0, 60.0, 50.0])  # mean of each row
     assert r["class_il"] == pytest.approx(50.0) and r["task_il"] == pytest.approx(75.0)
     # forgetting: mean(max earlier - final) = ((90-30) + (80-50)) / 2; BWT: ((30-90) + (50-80)) / 2
     assert r["forgetting"] == pytest.approx(45.0) and r["bwt"] == pytest.approx(-45.0)
     assert r["task_il_forgetting"] == pytest.approx(7.5)
-    nmc = row_from_results("nmc", fake_results([[99.0]], steps=0, img_s=0.0))
+    nmc = run_from_results(fake_results([[99.0]], steps=0, img_s=0.0), seed=0)
     assert nmc["images_per_s"] is None and nmc["task_il"] is None  # no steps; no task-IL recorded
 
 
+def test_method_row_is_the_mean_and_sample_std_over_seeds():
+    runs = [run_from_results(fake_results([[90.0], [a, b]], [[90.0], [95.0, 99.0]], wall=w), seed=s)
+            for s, (a, b, w) in enumerate([(40.0, 80.0, 10.0), (50.0, 90.0, 14.0), (30.0, 70.0, 12.0)])]
+    row = method_row("er", runs)
+    assert row["seeds"] == [0, 1, 2]
+    assert row["class_il"] == pytest.approx(60.0)  # mean of 60, 70, 50
+    assert row["class_il_std"] == pytest.approx(10.0)  # sample std of 60, 70, 50
+    assert row["forgetting"] == pytest.approx(50.0) and row["forgetting_std"] == pytest.approx(10.0)
+    assert row["wall_time_s"] == pytest.approx(12.0)
+    assert row["curve"] == pytest.approx([90.0, 60.0]) and row["curve_std"][0] == pytest.approx(0.0)
+    assert "60.0 ± 10.0" in markdown_table([row])
+    single = method_row("er", runs[:1])
+    assert single["class_il_std"] is None and "| 60.0 |" in markdown_table([single])
+    failed = method_row("ewc", [runs[0], failed_run(1, "non-finite value in loss")])
+    assert failed["class_il"] is None and failed["error"] == "seed 1: non-finite value in loss"
+
+
 def test_report_files(tmp_path):
-    rows = [row_from_results("finetune", fake_results([[95.0], [0.0, 96.0]], [[95.0], [90.0, 96.0]])),
-            row_from_results("joint", fake_results([[95.0], [93.0, 94.0]], [[95.0], [97.0, 98.0]])),
-            row_from_results("nmc", fake_results([[90.0], [85.0, 80.0]], steps=0))]
+    def row(method, cil, til=None, steps=10):
+        return method_row(method, [run_from_results(fake_results(cil, til, steps=steps), seed=0)])
+
+    rows = [row("finetune", [[95.0], [0.0, 96.0]], [[95.0], [90.0, 96.0]]),
+            row("joint", [[95.0], [93.0, 94.0]], [[95.0], [97.0, 98.0]]),
+            row("nmc", [[90.0], [85.0, 80.0]], steps=0)]
     write_report(rows, str(tmp_path), header="Command: `x`", title="t")
     md = (tmp_path / "comparison.md").read_text()
     body = [line for line in md.splitlines() if line.startswith("| ") and "method" not in line]
@@ -44,6 +64,7 @@ def test_report_files(tmp_path):
     assert [r["method"] for r in recs] == ["joint", "nmc", "finetune"]
     assert float(recs[2]["class_il_after_task_2"]) == pytest.approx(48.0)
     assert recs[1]["images_per_s"] == "" and float(recs[0]["images_per_s"]) == 100.0
+    assert recs[0]["seeds"] == "0" and recs[0]["class_il_std"] == ""
     assert (tmp_path / "comparison.png").read_bytes()[:4] == b"\x89PNG"
     assert markdown_table(rows).count("\n") == 4
 
@@ -72,12 +93,32 @@ def test_compare_runs_every_method_with_the_same_configuration(tmp_path, short_s
     assert "| finetune |" in capsys.readouterr().out
 
 
+def test_compare_over_seeds(tmp_path, short_stream, monkeypatch):
+    monkeypatch.setattr("lmsrr.engine.build_stream", lambda data_cfg: short_stream)
+    monkeypatch.setattr("lmsrr.data.build_stream", lambda data_cfg: short_stream)
+    out = tmp_path / "cmp"
+    code = main(["--methods", "nmc", "--seeds", "4,5", "--stop-after", "2", "--threads", "1",
+                 "--out", str(out), "--no-progress"])
+    assert code == 0
+    accs = []
+    for seed in (4, 5):
+        assert json.loads((out / f"nmc-seed{seed}" / "config.json").read_text())["runtime"]["seed"] == seed
+        accs.append(json.loads((out / f"nmc-seed{seed}" / "results.json").read_text())["summary_class_il"]["avg_acc"])
+    with open(out / "comparison.csv") as f:
+        (rec,) = list(csv.DictReader(f))
+    assert rec["seeds"] == "4 5" and float(rec["class_il"]) == pytest.approx(sum(accs) / 2)
+    assert float(rec["class_il_std"]) == pytest.approx(abs(accs[0] - accs[1]) / 2 ** 0.5)
+    assert "seeds 4, 5" in (out / "comparison.md").read_text()
+
+
 @pytest.mark.parametrize("args,message", [
     (["--method", "er"], "lmsrr-compare takes --methods"),
     (["--methods", "er,lmsr"], "unknown method 'lmsr' (did you mean 'lmsrr'?)"),
     (["--methods", "er,er"], "names er more than once"),
     (["--methods", "finetune,er", "--buffer-size", "0"], "'er' needs a replay memory: --buffer-size must be >= 1"),
     (["--run-name", "x"], "names each run after its method"),
+    (["--seeds", "1,x"], "--seeds '1,x': use comma-separated integers"),
+    (["--seeds", "1,1"], "each once"),
 ])
 def test_compare_errors_before_training(tmp_path, capsys, args, message):
     out = tmp_path / "cmp"
@@ -117,8 +158,8 @@ def test_a_diverging_method_is_reported_and_the_comparison_goes_on(tmp_path, sho
     md = (out / "comparison.md").read_text()
     body = [line for line in md.splitlines() if line.startswith("| ") and "method" not in line]
     assert body[0].startswith("| nmc | ") and body[1] == "| finetune | diverged (see below) | — | — | — | — | — |"
-    assert "finetune: non-finite value" in md
+    assert "finetune: seed 0: non-finite value" in md
     with open(out / "comparison.csv") as f:
         recs = {r["method"]: r for r in csv.DictReader(f)}
-    assert recs["finetune"]["class_il"] == "" and "non-finite" in recs["finetune"]["error"]
+    assert recs["finetune"]["class_il"] == "" and "seed 0: non-finite" in recs["finetune"]["error"]
     assert recs["nmc"]["error"] == "" and float(recs["nmc"]["class_il"]) > 0
