@@ -71,7 +71,7 @@ def dali_epoch_fn():
     state = {"used": False}
 
     def epoch():
-        _, plans = stream.epoch_plan(0, BATCH, g)
+        plans = stream.epoch_plan(*stream.train_split(0), BATCH, g)
         source.plans = plans
         if state["used"]:
             pipe.reset()

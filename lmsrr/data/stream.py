@@ -171,12 +171,20 @@ class ContinualStream:
                         test_x=te.x[pte], test_y=te.y[pte])
 
     # ------------------------------------------------------------------ batches
-    def epoch_plan(self, t: int, batch_size: int, generator: torch.Generator, shard_id: int = 0,
-                   num_shards: int = 1) -> tuple[object, list[BatchPlan]]:
-        """This rank's batches for one epoch of task t. The permutation and every sample's
-        augmentation parameters are drawn for the whole task (the same draws on every rank), so a
+    # Every batch is drawn from a (split, positions) pair: one task's training or test samples
+    # (train_split / test_split), the union of several tasks' (union_train_split: joint) or a
+    # task's samples plus stored exemplars (iCaRL). In-memory and file streams work the same way.
+    def union_train_split(self, tasks) -> tuple[object, torch.Tensor]:
+        """(split, positions) of the training samples of all ``tasks`` together."""
+        tasks = list(tasks)
+        splits = [self.train_split(t) for t in tasks]
+        return splits[0][0], torch.cat([pos for _, pos in splits])
+
+    def epoch_plan(self, split, pos: torch.Tensor, batch_size: int, generator: torch.Generator,
+                   shard_id: int = 0, num_shards: int = 1) -> list[BatchPlan]:
+        """This rank's batches for one epoch over ``pos``. The permutation and every sample's
+        augmentation parameters are drawn for all of ``pos`` (the same draws on every rank), so a
         sample's augmentation does not depend on the number of ranks."""
-        split, pos = self.train_split(t)
         perm = torch.randperm(pos.shape[0], generator=generator)
         order = pos[perm]
         crops, flips = self._draw_augmentation(split, order, generator)
@@ -184,7 +192,7 @@ class ContinualStream:
         for b in shard_batches(torch.arange(order.shape[0]), batch_size, shard_id, num_shards):
             plans.append(BatchPlan(order[b], None if crops is None else crops[b],
                                    None if flips is None else flips[b]))
-        return split, plans
+        return plans
 
     def _draw_augmentation(self, split, order, generator):
         aug = self.augment
@@ -196,6 +204,15 @@ class ContinualStream:
             return aug.sample(order.shape[0], generator)
         return None, None
 
+    def batches_over(self, split, pos: torch.Tensor, batch_size: int, generator: torch.Generator,
+                     device: torch.device, shard_id: int = 0, num_shards: int = 1
+                     ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """One shuffled training epoch over the samples ``pos`` of ``split``: (x, x_aug, y)
+        batches on ``device`` (see :meth:`train_batches`)."""
+        plans = self.epoch_plan(split, pos, batch_size, generator, shard_id, num_shards)
+        for x, x_aug, y in self.loader.train(split, plans, self.augment, torch.device(device)):
+            yield x, to_float(x_aug), y
+
     def train_batches(self, t: int, batch_size: int, generator: torch.Generator,
                       device: torch.device, shard_id: int = 0, num_shards: int = 1
                       ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
@@ -205,23 +222,36 @@ class ContinualStream:
         in [0, 1]. With ``num_shards`` > 1 (DDP) this rank gets its share of one permutation: every
         sample exactly once per epoch across ranks, the same number of steps on every rank.
         """
-        split, plans = self.epoch_plan(t, batch_size, generator, shard_id, num_shards)
-        for x, x_aug, y in self.loader.train(split, plans, self.augment, torch.device(device)):
-            yield x, to_float(x_aug), y
+        split, pos = self.train_split(t)
+        yield from self.batches_over(split, pos, batch_size, generator, device, shard_id, num_shards)
 
     def num_train_batches(self, t: int, batch_size: int, num_shards: int = 1) -> int:
         _, pos = self.train_split(t)
         return num_shard_batches(pos.shape[0], batch_size, num_shards)
 
-    def test_batches(self, t: int, batch_size: int, device: torch.device, shard_id: int = 0,
-                     num_shards: int = 1) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Task t's test split in order, without augmentation: (uint8 x, y) batches on ``device``.
-        With ``num_shards`` > 1 this rank's every num_shards-th sample (no padding: counts summed
-        over ranks cover each test sample exactly once)."""
-        split, pos = self.test_split(t)
+    def images(self, split, pos: torch.Tensor, batch_size: int, device: torch.device,
+               shard_id: int = 0, num_shards: int = 1) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The samples ``pos`` of ``split`` in order, without augmentation: (uint8 x, y) batches on
+        ``device`` (file images at the fixed centre view; unreadable files are left out). With
+        ``num_shards`` > 1 this rank's every num_shards-th sample (no padding: counts summed over
+        ranks cover each sample exactly once)."""
         pos = pos[eval_shard(pos.shape[0], shard_id, num_shards)]
         plans = [BatchPlan(pos[s:s + batch_size]) for s in range(0, pos.shape[0], batch_size)]
         yield from self.loader.test(split, plans, torch.device(device))
+
+    def train_images(self, t: int, batch_size: int, device: torch.device, shard_id: int = 0,
+                     num_shards: int = 1) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Task t's training samples in order, un-augmented (what task-end passes such as class
+        means, herding or a Fisher estimate read); sharded as :meth:`images`."""
+        split, pos = self.train_split(t)
+        yield from self.images(split, pos, batch_size, device, shard_id, num_shards)
+
+    def test_batches(self, t: int, batch_size: int, device: torch.device, shard_id: int = 0,
+                     num_shards: int = 1) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Task t's test split in order, without augmentation: (uint8 x, y) batches on ``device``,
+        sharded as :meth:`images`."""
+        split, pos = self.test_split(t)
+        yield from self.images(split, pos, batch_size, device, shard_id, num_shards)
 
 
 class DomainStream(ContinualStream):
@@ -267,3 +297,12 @@ class DomainStream(ContinualStream):
     def test_split(self, t: int):
         split = self._split_for("test", self._test, t)
         return split, torch.arange(len(split))
+
+    def union_train_split(self, tasks) -> tuple[object, torch.Tensor]:
+        """Every task has its own transformed split, so a union of several is materialised."""
+        tasks = list(tasks)
+        if len(tasks) == 1:
+            return self.train_split(tasks[0])
+        splits = [self.train_split(t)[0] for t in tasks]  # the cache keeps only the last one
+        union = TensorSplit(torch.cat([s.x for s in splits]), torch.cat([s.y for s in splits]))
+        return union, torch.arange(len(union))

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from lmsrr import distributed
 from lmsrr.methods.base import Batch, StepOutput
-from lmsrr.methods.common import replay_buffer, require_buffer, require_in_memory
+from lmsrr.methods.common import replay_buffer, require_buffer
 from lmsrr.methods.finetune import Finetune
 from lmsrr.methods.registry import register_method
 
@@ -37,7 +37,6 @@ class AGEM(Finetune):
     @classmethod
     def check_config(cls, cfg, stream) -> None:
         require_buffer(cfg, cls.name)
-        require_in_memory(stream, cls.name)
 
     def __init__(self, cfg, net, stream, device):
         super().__init__(cfg, net, stream, device)
@@ -66,8 +65,9 @@ class AGEM(Finetune):
 
     def end_task(self, task: int) -> None:
         # Under DDP each rank's reservoir takes its own share of the task (as the stream shards).
-        data, r, w = self.stream.task(task), distributed.rank(), distributed.world_size()
-        self.buffer.add(data.train_x[r::w].to(self.device), data.train_y[r::w].to(self.device), task=task)
+        for x, y in self.stream.train_images(task, self.cfg.data.eval_batch_size, self.device,
+                                             distributed.rank(), distributed.world_size()):
+            self.buffer.add(x, y, task=task)
 
     def state_dict(self) -> dict:
         return {"buffer": self.buffer.state_dict()}

@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 
 from lmsrr import distributed
+from lmsrr.data.sampler import num_shard_batches
 from lmsrr.models.net import TrainableTop
 
 
@@ -57,13 +58,21 @@ class ContinualMethod:
     def begin_task(self, task: int) -> None:
         self.task = task
 
+    def training_split(self, task: int):
+        """(split, positions) of the samples one epoch of ``task`` trains on: the task's own by
+        default; override to train on other data (joint: the union of the tasks so far; iCaRL:
+        the task plus its exemplars)."""
+        return self.stream.train_split(task)
+
     def train_batches(self, task: int, batch_size: int, generator: torch.Generator):
-        """The batches of one epoch of ``task`` (override to train on other data, e.g. joint)."""
-        return self.stream.train_batches(task, batch_size, generator, self.device,
-                                         distributed.rank(), distributed.world_size())
+        """The batches of one epoch of ``task``: shuffled, augmented, this rank's share."""
+        split, pos = self.training_split(task)
+        return self.stream.batches_over(split, pos, batch_size, generator, self.device,
+                                        distributed.rank(), distributed.world_size())
 
     def num_train_batches(self, task: int, batch_size: int) -> int:
-        return self.stream.num_train_batches(task, batch_size, distributed.world_size())
+        return num_shard_batches(self.training_split(task)[1].shape[0], batch_size,
+                                 distributed.world_size())
 
     def loss(self, batch: Batch) -> StepOutput:
         raise NotImplementedError

@@ -1,5 +1,5 @@
 """What the baseline methods share: their parameters, one training forward for several input
-groups, replay buffers with clear start-up errors, batches over a union of data, feature encoding.
+groups, replay buffers with clear start-up errors, feature encoding.
 
 Every baseline runs on the same network as LMSRR (sources, MSIDF fusion, classifier), so a
 comparison differs only in the method. The ARO switch vector belongs to LMSRR's distillation;
@@ -8,7 +8,6 @@ baselines leave it out of the optimizer.
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
 
 import torch
 import torch.nn as nn
@@ -69,54 +68,19 @@ def eval_mode(net: nn.Module):
 
 
 @torch.no_grad()
-def encode(net, x: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
-    """Fused features (N, D) in float32 of uint8 images ``x``, un-augmented, in eval mode."""
-    out = []
+def encode(net, batches) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fused features (N, D) in float32 and labels (N,) of un-augmented ``(uint8 x, y)`` batches
+    (e.g. ``stream.train_images(...)``), in eval mode."""
+    feats, labels = [], []
     with eval_mode(net):
-        for s in range(0, x.shape[0], batch_size):
-            xb = to_float(x[s : s + batch_size].to(device, non_blocking=True))
-            out.append(net.fused_features(xb).float())
-    if not out:
-        return torch.zeros(0, net.classifier.in_features, device=device)
-    return torch.cat(out)
-
-
-def require_in_memory(stream, method: str) -> None:
-    """Methods that read whole tasks at once (``stream.task``) need an in-memory stream."""
-    try:
-        stream.task(0)
-    except TypeError as e:
-        raise ConfigError(f"method {method!r} reads whole tasks from memory (stream.task); stream "
-                          f"{stream.name!r} decodes its images from disk per batch, which it does "
-                          f"not support") from e
-
-
-def shard_permutation(perm: torch.Tensor, rank: int, world: int) -> torch.Tensor:
-    """This rank's share of a permutation shared by all ranks; padded by wrap-around to the same
-    length on every rank, so every rank runs the same number of steps (DDP would hang otherwise)."""
-    if world == 1:
-        return perm
-    per_rank = -(-perm.shape[0] // world)
-    padded = perm.repeat(-(-per_rank * world // perm.shape[0]))[: per_rank * world]
-    return padded[rank::world]
-
-
-def union_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, generator: torch.Generator,
-                  device: torch.device, augment) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """One shuffled epoch over (x, y) as (x, augment(x), y) batches; under DDP every rank takes
-    its share of one permutation (the engine gives every rank the same generator state)."""
-    perm = shard_permutation(torch.randperm(x.shape[0], generator=generator), distributed.rank(),
-                             distributed.world_size())
-    x, y, perm = x.to(device), y.to(device), perm.to(device)
-    for s in range(0, perm.shape[0], batch_size):
-        idx = perm[s : s + batch_size]
-        xb = x[idx]
-        yield xb, augment(xb), y[idx]
-
-
-def num_union_batches(n: int, batch_size: int) -> int:
-    per_rank = -(-n // distributed.world_size())
-    return -(-per_rank // batch_size)
+        for x, y in batches:
+            feats.append(net.fused_features(to_float(x)).float())
+            labels.append(y)
+    if not feats:
+        device = next(net.parameters()).device
+        return (torch.zeros(0, net.classifier.in_features, device=device),
+                torch.zeros(0, dtype=torch.long, device=device))
+    return torch.cat(feats), torch.cat(labels)
 
 
 class Baseline(ContinualMethod):

@@ -21,7 +21,7 @@ from torch.func import functional_call, grad, vmap
 from lmsrr import distributed
 from lmsrr.data.augment import to_float
 from lmsrr.methods.base import Batch, StepOutput
-from lmsrr.methods.common import eval_mode, require_in_memory
+from lmsrr.methods.common import eval_mode
 from lmsrr.methods.finetune import Finetune
 from lmsrr.methods.registry import register_method
 from lmsrr.models.net import TrainableTop
@@ -40,9 +40,10 @@ def reference_kernels():
         dispatch.set_backend(previous)
 
 
-def per_sample_sq_grads(net, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor,
-                        chunk: int) -> dict[str, torch.Tensor]:
-    """sum_n (grad_theta log p(y_n | x_n))^2 over the float images x, for the named ``params``."""
+def per_sample_sq_grads(net, params: dict[str, torch.Tensor], batches
+                        ) -> tuple[dict[str, torch.Tensor], int]:
+    """sum_n (grad_theta log p(y_n | x_n))^2 for the named ``params`` over the un-augmented
+    ``(uint8 x, y)`` batches (one vmapped pass each), and the number of samples."""
     top = TrainableTop(net)
     names = list(params)
 
@@ -52,23 +53,20 @@ def per_sample_sq_grads(net, params: dict[str, torch.Tensor], x: torch.Tensor, y
 
     per_sample = vmap(grad(nll), in_dims=(None, 0, 0))
     total = {n: torch.zeros_like(params[n]) for n in names}
+    count = 0
     with reference_kernels(), warnings.catch_warnings():
         # CPU attention has no vmap batching rule yet; torch warns that it loops instead.
         warnings.filterwarnings("ignore", message="There is a performance drop")
-        for s in range(0, x.shape[0], chunk):
-            zs = net.prefix(x[s : s + chunk])
-            g = per_sample(params, zs, y[s : s + chunk])
+        for x, y in batches:
+            g = per_sample(params, net.prefix(to_float(x)), y)
             for n in names:
                 total[n] += g[n].square().sum(0)
-    return total
+            count += x.shape[0]
+    return total, count
 
 
 @register_method("ewc")
 class EWC(Finetune):
-    @classmethod
-    def check_config(cls, cfg, stream) -> None:
-        require_in_memory(stream, cls.name)
-
     def __init__(self, cfg, net, stream, device):
         super().__init__(cfg, net, stream, device)
         self.lam, self.gamma = cfg.method.ewc_lambda, cfg.method.ewc_gamma
@@ -94,16 +92,16 @@ class EWC(Finetune):
     def task_fisher(self, task: int) -> list[torch.Tensor]:
         """F_t: mean over the task's training samples of the squared per-sample gradient of
         log p(y | x); under DDP each rank takes its share and the sums are added up."""
-        data, r, w = self.stream.task(task), distributed.rank(), distributed.world_size()
-        x, y = data.train_x[r::w].to(self.device), data.train_y[r::w].to(self.device)
         ids = {id(p) for p in self._params}
         params = {f"net.{n}": p.detach() for n, p in self.net.named_parameters() if id(p) in ids}
         n_params = sum(p.numel() for p in self._params)
         # Per-sample gradients take chunk x n_params floats: about 256 MiB per chunk.
         chunk = max(1, min(self.eval_batch, (64 << 20) // max(n_params, 1)))
+        images = self.stream.train_images(task, chunk, self.device, distributed.rank(),
+                                          distributed.world_size())
         with eval_mode(self.net):
-            sums = per_sample_sq_grads(self.net, params, to_float(x), y, chunk)
-        count = torch.tensor(float(x.shape[0]), device=self.device)
+            sums, seen = per_sample_sq_grads(self.net, params, images)
+        count = torch.tensor(float(seen), device=self.device)
         fisher = [sums[f"net.{n}"] for n, p in self.net.named_parameters() if id(p) in ids]
         for f in fisher:
             distributed.all_reduce_sum_(f)

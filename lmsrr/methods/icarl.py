@@ -18,16 +18,19 @@ outputs (distillation), those of the current classes the one-hot labels:
 Prediction: nearest mean of exemplars, y* = argmin_y || phi(x) - mu_y || with phi and mu_y
 normalised (mu_y: the mean of the normalised exemplar features). Herding and means use the whole
 task's un-augmented training data in eval mode, so every DDP rank computes the same exemplars.
+
+Exemplars are kept as positions into the stream's training split (the memory budget counts
+images all the same): training batches over the task plus its exemplars are then ordinary
+stream batches, for in-memory and file datasets alike, and checkpoints stay small.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from lmsrr.errors import ConfigError
+from lmsrr.errors import ConfigError, UserError
 from lmsrr.methods.base import Batch, StepOutput
-from lmsrr.methods.common import (Baseline, encode, num_union_batches, require_buffer,
-                                  require_class_il, require_in_memory, union_batches)
+from lmsrr.methods.common import Baseline, encode, require_buffer, require_class_il
 from lmsrr.methods.registry import register_method
 
 
@@ -56,7 +59,6 @@ class ICaRL(Baseline):
     def check_config(cls, cfg, stream) -> None:
         require_buffer(cfg, cls.name)
         require_class_il(stream, cls.name)
-        require_in_memory(stream, cls.name)
         if cfg.method.buffer_size < stream.n_classes:
             raise ConfigError(f"method 'icarl' keeps --buffer-size // (classes seen) exemplars per "
                               f"class: --buffer-size must be >= {stream.n_classes} (the stream's "
@@ -66,30 +68,17 @@ class ICaRL(Baseline):
         super().__init__(cfg, net, stream, device)
         self.memory = cfg.method.buffer_size
         self.eval_batch = cfg.data.eval_batch_size
-        self.exemplars: dict[int, torch.Tensor] = {}  # class -> uint8 images, herding order
+        self.exemplars: dict[int, torch.Tensor] = {}  # class -> training-split positions (CPU), herding order
         self.class_means: torch.Tensor | None = None  # (n_classes, D), rows of unseen classes unused
         self.n_means = 0  # classes 0..n_means-1 have means
         self.old = None
-        self._train: tuple[int, torch.Tensor, torch.Tensor] | None = None
 
     # ------------------------------------------------------------------ data
-    def training_data(self, task: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The task's training images and labels plus every stored exemplar."""
-        if self._train is None or self._train[0] != task:
-            data = self.stream.task(task)
-            xs, ys = [data.train_x], [data.train_y]
-            for c, ex in sorted(self.exemplars.items()):
-                xs.append(ex.cpu())
-                ys.append(torch.full((ex.shape[0],), c, dtype=torch.long))
-            self._train = (task, torch.cat(xs), torch.cat(ys))
-        return self._train[1], self._train[2]
-
-    def train_batches(self, task: int, batch_size: int, generator: torch.Generator):
-        x, y = self.training_data(task)
-        return union_batches(x, y, batch_size, generator, self.device, self.stream.augment)
-
-    def num_train_batches(self, task: int, batch_size: int) -> int:
-        return num_union_batches(self.training_data(task)[0].shape[0], batch_size)
+    def training_split(self, task: int):
+        """The task's training samples plus every stored exemplar (class-IL streams share one
+        training split, so exemplars of earlier tasks are positions in the same split)."""
+        split, pos = self.stream.train_split(task)
+        return split, torch.cat([pos, *(ex for _, ex in sorted(self.exemplars.items()))])
 
     # ------------------------------------------------------------------ training
     def begin_task(self, task: int) -> None:
@@ -120,18 +109,29 @@ class ICaRL(Baseline):
         m = self.memory // n_seen
         for c in self.exemplars:
             self.exemplars[c] = self.exemplars[c][:m]
-        data = self.stream.task(task)
-        for c in data.classes:
-            xc = data.train_x[data.train_y == c]
-            feats = F.normalize(encode(self.net, xc, self.eval_batch, self.device), dim=1)
-            self.exemplars[c] = xc[herding(feats, m).cpu()].to(self.device)
+        split, pos = self.stream.train_split(task)
+        feats, labels = self.encode(split, pos)
+        feats, labels = F.normalize(feats, dim=1), labels.cpu()
+        for c in self.stream.task_classes(task):
+            mine = labels == c
+            self.exemplars[c] = pos[mine][herding(feats[mine.to(feats.device)], m).cpu()]
         self.update_class_means(n_seen)
-        self._train = None
+
+    def encode(self, split, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fused features and labels of the samples ``pos``, every one of them (herding picks
+        positions, so a sample a file loader left out as unreadable would misalign them)."""
+        feats, labels = encode(self.net, self.stream.images(split, pos, self.eval_batch, self.device))
+        if feats.shape[0] != pos.shape[0]:
+            raise UserError(f"icarl: {pos.shape[0] - feats.shape[0]} training image(s) of "
+                            f"{self.stream.name} could not be decoded; run with --verify-images to "
+                            f"leave unreadable files out before training")
+        return feats, labels
 
     def update_class_means(self, n_seen: int) -> None:
+        split, _ = self.stream.train_split(self.task)
         means = []
         for c in range(n_seen):
-            f = F.normalize(encode(self.net, self.exemplars[c], self.eval_batch, self.device), dim=1)
+            f = F.normalize(self.encode(split, self.exemplars[c])[0], dim=1)
             means.append(F.normalize(f.mean(0), dim=0))
         self.class_means = torch.stack(means)
         self.n_means = n_seen
@@ -150,7 +150,7 @@ class ICaRL(Baseline):
                 "n_means": self.n_means, "old": self.old.state_dict() if self.old is not None else None}
 
     def load_state_dict(self, state: dict) -> None:
-        self.exemplars = {int(c): x.to(self.device) for c, x in state["exemplars"].items()}
+        self.exemplars = {int(c): pos.long().cpu() for c, pos in state["exemplars"].items()}
         means = state["class_means"]  # checkpoints load on the CPU
         self.class_means = None if means is None else means.to(self.device)
         self.n_means = int(state["n_means"])
@@ -158,4 +158,3 @@ class ICaRL(Baseline):
         if state["old"] is not None:
             self.old = self.net.snapshot_top()
             self.old.load_state_dict(state["old"])
-        self._train = None

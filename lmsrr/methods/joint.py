@@ -8,33 +8,19 @@ steps over T tasks.
 """
 from __future__ import annotations
 
-import torch
-
-from lmsrr.methods.common import num_union_batches, require_in_memory, union_batches
 from lmsrr.methods.finetune import Finetune
 from lmsrr.methods.registry import register_method
 
 
 @register_method("joint")
 class Joint(Finetune):
-    @classmethod
-    def check_config(cls, cfg, stream) -> None:
-        require_in_memory(stream, cls.name)
-
     def __init__(self, cfg, net, stream, device):
         super().__init__(cfg, net, stream, device)
-        self._union: tuple[int, torch.Tensor, torch.Tensor] | None = None
+        self._union: tuple[int, object, object] | None = None
 
-    def union(self, task: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """uint8 images and labels of tasks 0..task (built once per task, kept on the host)."""
+    def training_split(self, task: int):
+        """The training samples of tasks 0..task (built once per task: a domain-incremental
+        stream materialises the union of its per-task transformed splits)."""
         if self._union is None or self._union[0] != task:
-            parts = [self.stream.task(k) for k in range(task + 1)]
-            self._union = (task, torch.cat([p.train_x for p in parts]), torch.cat([p.train_y for p in parts]))
+            self._union = (task, *self.stream.union_train_split(range(task + 1)))
         return self._union[1], self._union[2]
-
-    def train_batches(self, task: int, batch_size: int, generator: torch.Generator):
-        x, y = self.union(task)
-        return union_batches(x, y, batch_size, generator, self.device, self.stream.augment)
-
-    def num_train_batches(self, task: int, batch_size: int) -> int:
-        return num_union_batches(self.union(task)[0].shape[0], batch_size)

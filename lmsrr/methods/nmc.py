@@ -12,16 +12,12 @@ from __future__ import annotations
 import torch
 
 from lmsrr import distributed
-from lmsrr.methods.common import Baseline, encode, require_in_memory
+from lmsrr.methods.common import Baseline, encode
 from lmsrr.methods.registry import register_method
 
 
 @register_method("nmc")
 class NMC(Baseline):
-    @classmethod
-    def check_config(cls, cfg, stream) -> None:
-        require_in_memory(stream, cls.name)
-
     def __init__(self, cfg, net, stream, device):
         super().__init__(cfg, net, stream, device)
         self.eval_batch = cfg.data.eval_batch_size
@@ -39,9 +35,10 @@ class NMC(Baseline):
 
     def end_task(self, task: int) -> None:
         # Each DDP rank encodes its share of the task; the sums are added up across ranks.
-        data, r, w = self.stream.task(task), distributed.rank(), distributed.world_size()
-        x, y = data.train_x[r::w], data.train_y[r::w].to(self.device)
-        feats = encode(self.net, x, self.eval_batch, self.device).double()
+        images = self.stream.train_images(task, self.eval_batch, self.device, distributed.rank(),
+                                          distributed.world_size())
+        feats, y = encode(self.net, images)
+        feats = feats.double()
         sums = torch.zeros_like(self.sums).index_add_(0, y, feats)
         counts = torch.zeros_like(self.counts).index_add_(0, y, torch.ones_like(y, dtype=torch.float64))
         self.sums += distributed.all_reduce_sum_(sums)

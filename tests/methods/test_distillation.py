@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from conftest import first_batch, make_method, sgd_step
-from lmsrr.methods.common import encode, soft_cross_entropy
+from lmsrr.data.augment import to_float
+from lmsrr.methods.common import soft_cross_entropy
 from lmsrr.methods.icarl import herding
 
 
@@ -85,15 +86,20 @@ def test_icarl_memory_means_and_prediction(fast_cfg, stream):
     m.end_task(1)
     # 20 // 4 classes = 5 per class; old lists are cut to their herding prefix.
     assert {c: x.shape[0] for c, x in m.exemplars.items()} == {0: 5, 1: 5, 2: 5, 3: 5}
-    data = stream.task(1)
-    xc = data.train_x[data.train_y == 2]
-    feats = F.normalize(encode(m.net, xc, 512, torch.device("cpu")), dim=1)
-    assert torch.equal(m.exemplars[2], xc[brute_force_herding(feats.double(), 5)])
+    # Exemplars are positions into the training split: class 2's are its herding picks.
+    split, _ = stream.train_split(1)
+    where = torch.nonzero(split.y == 2).flatten()
+    m.net.eval()
+    with torch.no_grad():
+        feats = F.normalize(m.net.fused_features(to_float(split.x[where])), dim=1)
+    assert torch.equal(m.exemplars[2], where[brute_force_herding(feats.double(), 5)])
+    assert all((split.y[m.exemplars[c]] == c).all() for c in range(4))
 
     # Nearest mean of exemplars, recomputed independently.
     means = []
     for c in range(4):
-        f = F.normalize(encode(m.net, m.exemplars[c], 512, torch.device("cpu")), dim=1)
+        with torch.no_grad():
+            f = F.normalize(m.net.fused_features(to_float(split.x[m.exemplars[c]])), dim=1)
         means.append(F.normalize(f.mean(0), dim=0))
     means = torch.stack(means)
     x = stream.augment(stream.task(1).test_x[:20])

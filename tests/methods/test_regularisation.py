@@ -64,7 +64,13 @@ def test_ewc_fisher_is_the_mean_squared_per_sample_gradient(fast_cfg, stream):
     # A small task keeps the loop truth cheap: the first 6 images of task 0.
     data = stream.task(0)
     small = type(data)(0, data.classes, data.train_x[:6], data.train_y[:6], data.test_x, data.test_y)
-    m.stream = type("S", (), {"task": staticmethod(lambda t: small)})()
+
+    def train_images(task, batch_size, device, shard_id=0, num_shards=1):
+        # Two uneven batches: the estimate must add up across batches.
+        yield small.train_x[:4], small.train_y[:4]
+        yield small.train_x[4:], small.train_y[4:]
+
+    m.stream = type("S", (), {"train_images": staticmethod(train_images)})()
     fisher = m.task_fisher(0)
     params = m.parameters()
     truth = [torch.zeros_like(p) for p in params]

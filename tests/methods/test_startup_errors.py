@@ -4,7 +4,6 @@ import torch
 
 from lmsrr.cli import main
 from lmsrr.errors import ConfigError
-from lmsrr.methods.common import shard_permutation
 from lmsrr.methods.registry import method_class
 
 
@@ -36,22 +35,9 @@ class _DomainStream:
         raise AssertionError("not reached")
 
 
-class _FileStream:
-    name, setting, n_classes = "seq-imagenet-r", "class-il", 200
-
-    def task(self, t):
-        raise TypeError("seq-imagenet-r reads images from disk; use train_batches / test_batches")
-
-
 def test_icarl_is_class_incremental_only(tiny_cfg):
     with pytest.raises(ConfigError, match="class-incremental streams only; stream 'rot-mnist' is domain-il"):
         method_class("icarl").check_config(tiny_cfg.replace(method={"name": "icarl"}), _DomainStream())
-
-
-@pytest.mark.parametrize("name", ["joint", "icarl", "agem", "ewc", "nmc"])
-def test_whole_task_methods_refuse_streams_read_from_disk(tiny_cfg, name):
-    with pytest.raises(ConfigError, match="decodes its images from disk"):
-        method_class(name).check_config(tiny_cfg.replace(method={"name": name}), _FileStream())
 
 
 @pytest.mark.parametrize("flag,value,message", [
@@ -64,12 +50,3 @@ def test_whole_task_methods_refuse_streams_read_from_disk(tiny_cfg, name):
 def test_invalid_method_weights(capsys, tmp_path, flag, value, message):
     code = main([flag, value, "--out-dir", str(tmp_path), "--no-progress"])
     assert code == 2 and message in capsys.readouterr().err
-
-
-@pytest.mark.parametrize("n,world", [(10, 1), (10, 3), (7, 4), (5, 5)])
-def test_shard_permutation_covers_every_sample_with_equal_shares(n, world):
-    perm = torch.randperm(n)
-    shards = [shard_permutation(perm, r, world) for r in range(world)]
-    assert len({s.shape[0] for s in shards}) == 1  # same number of steps on every rank
-    assert set(torch.cat(shards).tolist()) == set(range(n))
-    assert sum(s.shape[0] for s in shards) - n < world  # padding only to equalise
