@@ -13,8 +13,6 @@ from lmsrr.config import Config
 from lmsrr.data import build_stream
 from lmsrr.data.augment import to_float
 from lmsrr.data.stream import FileSplit
-from lmsrr.methods import build_method
-from lmsrr.models import build_net
 
 SOURCE = "vit_tiny_patch16_224(input_size=8,patch_size=4,embed_dim=16,depth=2,num_heads=1)"
 TINY = ["--sources", SOURCE, "--trainable-blocks", "1", "--epochs", "1", "--batch-size", "8",
@@ -23,6 +21,11 @@ TINY = ["--sources", SOURCE, "--trainable-blocks", "1", "--epochs", "1", "--batc
 
 
 def cub_method(data_root, name: str, loader: str = "torch"):
+    # Imported here, not at collection: lmsrr.methods imports triton, and tests/kernels must set
+    # TRITON_INTERPRET before the first triton import to run its kernels in this process.
+    from lmsrr.methods import build_method
+    from lmsrr.models import build_net
+
     root, _ = data_root
     cfg = Config().replace(data={"stream": "seq-cub200", "data_root": root, "image_size": 16,
                                  "loader": loader, "loader_workers": 1, "eval_batch_size": 7},
