@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from lmsrr import distributed
 from lmsrr.methods.base import Batch, StepOutput
-from lmsrr.methods.common import replay_buffer, require_buffer
+from lmsrr.methods.common import ReplayMethod
 from lmsrr.methods.finetune import Finetune
 from lmsrr.methods.registry import register_method
 
@@ -33,15 +33,9 @@ def project(grads: list[torch.Tensor], ref: list[torch.Tensor]) -> list[torch.Te
 
 
 @register_method("agem")
-class AGEM(Finetune):
-    @classmethod
-    def check_config(cls, cfg, stream) -> None:
-        require_buffer(cfg, cls.name)
-
+class AGEM(ReplayMethod, Finetune):  # finetune's loss; the memory only steers the gradient
     def __init__(self, cfg, net, stream, device):
         super().__init__(cfg, net, stream, device)
-        self.buffer = replay_buffer(cfg, stream, device, self.name)
-        self.replay_batch = cfg.method.replay_batch_size
         self._params = self.parameters()
 
     def reference_gradient(self) -> list[torch.Tensor]:
@@ -68,9 +62,3 @@ class AGEM(Finetune):
         for x, y in self.stream.train_images(task, self.cfg.data.eval_batch_size, self.device,
                                              distributed.rank(), distributed.world_size()):
             self.buffer.add(x, y, task=task)
-
-    def state_dict(self) -> dict:
-        return {"buffer": self.buffer.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.buffer.load_state_dict(state["buffer"])

@@ -1,5 +1,5 @@
 """What the baseline methods share: their parameters, one training forward for several input
-groups, replay buffers with clear start-up errors, feature encoding.
+groups, replay memories with clear start-up errors, feature encoding.
 
 Every baseline runs on the same network as LMSRR (sources, MSIDF fusion, classifier), so a
 comparison differs only in the method. The ARO switch vector belongs to LMSRR's distillation;
@@ -98,3 +98,23 @@ class Baseline(ContinualMethod):
             ((_, logits),) = self.top(net.prefix(torch.cat(groups)))
             return list(logits.split([g.shape[0] for g in groups]))
         return [logits for _, logits in self.top(*[net.prefix(g) for g in groups])]
+
+
+class ReplayMethod(Baseline):
+    """A baseline with a reservoir memory (``--buffer-size`` slots, required), checkpointed with
+    the run; subclasses decide what goes in and how it is replayed."""
+
+    @classmethod
+    def check_config(cls, cfg, stream) -> None:
+        require_buffer(cfg, cls.name)
+
+    def __init__(self, cfg, net, stream, device):
+        super().__init__(cfg, net, stream, device)
+        self.buffer = replay_buffer(cfg, stream, device, self.name)
+        self.replay_batch = cfg.method.replay_batch_size
+
+    def state_dict(self) -> dict:
+        return {"buffer": self.buffer.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.buffer.load_state_dict(state["buffer"])

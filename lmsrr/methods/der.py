@@ -10,20 +10,14 @@ from __future__ import annotations
 import torch.nn.functional as F
 
 from lmsrr.methods.base import Batch, StepOutput
-from lmsrr.methods.common import Baseline, replay_buffer, require_buffer
+from lmsrr.methods.common import ReplayMethod
 from lmsrr.methods.registry import register_method
 
 
 @register_method("der")
-class DER(Baseline):
-    @classmethod
-    def check_config(cls, cfg, stream) -> None:
-        require_buffer(cfg, cls.name)
-
+class DER(ReplayMethod):
     def __init__(self, cfg, net, stream, device):
         super().__init__(cfg, net, stream, device)
-        self.buffer = replay_buffer(cfg, stream, device, self.name)
-        self.replay_batch = cfg.method.replay_batch_size
         self.alpha = cfg.method.der_alpha
 
     def loss(self, batch: Batch) -> StepOutput:
@@ -40,9 +34,3 @@ class DER(Baseline):
     def after_step(self, batch: Batch, out: StepOutput) -> None:
         # out.logits come from this step's forward: the logits "seen at insertion".
         self.buffer.add(batch.x, batch.y, out.logits.detach(), batch.task)
-
-    def state_dict(self) -> dict:
-        return {"buffer": self.buffer.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.buffer.load_state_dict(state["buffer"])

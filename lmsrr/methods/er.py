@@ -12,20 +12,12 @@ import torch
 import torch.nn.functional as F
 
 from lmsrr.methods.base import Batch, StepOutput
-from lmsrr.methods.common import Baseline, replay_buffer, require_buffer
+from lmsrr.methods.common import ReplayMethod
 from lmsrr.methods.registry import register_method
 
 
 @register_method("er")
-class ER(Baseline):
-    @classmethod
-    def check_config(cls, cfg, stream) -> None:
-        require_buffer(cfg, cls.name)
-
-    def __init__(self, cfg, net, stream, device):
-        super().__init__(cfg, net, stream, device)
-        self.buffer = replay_buffer(cfg, stream, device, self.name)
-        self.replay_batch = cfg.method.replay_batch_size
+class ER(ReplayMethod):
 
     def loss(self, batch: Batch) -> StepOutput:
         x, y, n = batch.x_aug, batch.y, batch.y.shape[0]
@@ -39,9 +31,3 @@ class ER(Baseline):
 
     def after_step(self, batch: Batch, out: StepOutput) -> None:
         self.buffer.add(batch.x, batch.y, task=batch.task)
-
-    def state_dict(self) -> dict:
-        return {"buffer": self.buffer.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.buffer.load_state_dict(state["buffer"])
