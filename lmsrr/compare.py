@@ -202,11 +202,16 @@ def plot_curves(rows: list[dict], path: str, title: str = "") -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for r in ranked(rows):
+    # The default cycle has ten colours; cycling linestyles as well keeps every method's line
+    # distinct in a comparison of more methods (the line-up has twelve).
+    colours = plt.get_cmap("tab10").colors
+    styles = ("-", "--", ":", "-.")
+    for i, r in enumerate(ranked(rows)):
         if r.get("error"):
             continue
         xs = list(range(1, len(r["curve"]) + 1))
-        (line,) = ax.plot(xs, r["curve"], marker="o", markersize=3,
+        (line,) = ax.plot(xs, r["curve"], marker="o", markersize=3, color=colours[i % len(colours)],
+                          linestyle=styles[(i // len(colours)) % len(styles)],
                           label=f"{r['method']} ({r['class_il']:.1f})")
         if all(sd is not None for sd in r["curve_std"]):  # several seeds: a band of one std
             lo = [m - sd for m, sd in zip(r["curve"], r["curve_std"])]
