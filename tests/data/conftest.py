@@ -1,13 +1,8 @@
-import importlib.util
-
+"""Fixtures of the data tests; the loader parameters live in loader_params.py (test modules
+import that, never conftest: several conftest modules share the name)."""
 import pytest
 
 import datagen
-
-HAS_DALI = importlib.util.find_spec("nvidia.dali") is not None
-needs_dali = pytest.mark.skipif(not HAS_DALI, reason="NVIDIA DALI is not installed "
-                                "(pip install nvidia-dali-cuda130; .ci/run installs it)")
-LOADERS = ["torch", pytest.param("dali", marks=needs_dali)]
 
 
 @pytest.fixture(scope="session")

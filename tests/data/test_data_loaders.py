@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import LOADERS, needs_dali
+from loader_params import LOADERS, needs_dali
 from lmsrr.config import DataConfig
 from lmsrr.data import build_stream
 from lmsrr.data.augment import Augment, ResizedCropAugment, to_float

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from conftest import LOADERS
+from loader_params import LOADERS
 from lmsrr.cli import main
 from lmsrr.config import Config
 from lmsrr.data import build_stream

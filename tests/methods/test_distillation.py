@@ -4,7 +4,7 @@ import copy
 import torch
 import torch.nn.functional as F
 
-from conftest import first_batch, make_method, sgd_step
+from method_helpers import first_batch, make_method, sgd_step
 from lmsrr.data.augment import to_float
 from lmsrr.methods.common import soft_cross_entropy
 from lmsrr.methods.icarl import herding

@@ -1,7 +1,7 @@
 """NMC's class means and nearest-mean prediction; joint's union of tasks."""
 import torch
 
-from conftest import make_method
+from method_helpers import make_method
 from lmsrr.data.augment import to_float
 
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import first_batch, make_method, sgd_step
+from method_helpers import first_batch, make_method, sgd_step
 
 
 def fixed_draws(method, draws):

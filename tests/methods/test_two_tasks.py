@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from conftest import BASELINES
+from method_helpers import BASELINES
 from lmsrr.engine import Trainer
 from lmsrr.evaluate import evaluate_seen_tasks
 from lmsrr.methods import build_method
