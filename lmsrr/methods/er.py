@@ -18,7 +18,6 @@ from lmsrr.methods.registry import register_method
 
 @register_method("er")
 class ER(ReplayMethod):
-
     def loss(self, batch: Batch) -> StepOutput:
         x, y, n = batch.x_aug, batch.y, batch.y.shape[0]
         if not self.buffer.is_empty():
