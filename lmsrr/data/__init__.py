@@ -1,6 +1,7 @@
 """Continual streams: a registry of datasets split into tasks, torch and DALI loaders, augmentation."""
 from lmsrr.data.registry import available_streams, build_stream, register_dataset
-from lmsrr.data.stream import ContinualStream, TaskData
+from lmsrr.data.splits import TaskData
+from lmsrr.data.stream import ContinualStream
 
 # Explicit imports register the built-in streams.
 from lmsrr.data import digits as _digits  # noqa: E402,F401

@@ -22,6 +22,9 @@ import numpy as np
 import torch
 from nvidia.dali import fn, pipeline_def, types
 
+from lmsrr.data.splits import FileSplit
+from lmsrr.data.torch_loader import TorchLoader
+
 log = logging.getLogger("lmsrr.data")
 
 INTERP = {"bilinear": types.INTERP_LINEAR, "bicubic": types.INTERP_CUBIC}
@@ -151,8 +154,6 @@ class DaliLoader:
         self._pipes: dict[tuple, _Entry] = {}
 
     def train(self, split, plans, augment, device: torch.device) -> Iterator:
-        from lmsrr.data.stream import FileSplit
-
         if isinstance(split, FileSplit):
             yield from self._file_batches(split, plans, augment, device, train=True)
             return
@@ -160,8 +161,6 @@ class DaliLoader:
             yield x, a, split.y[p.idx].to(device, non_blocking=True)
 
     def test(self, split, plans, device: torch.device) -> Iterator:
-        from lmsrr.data.stream import FileSplit
-
         if not isinstance(split, FileSplit):
             # In memory, evaluation has nothing to decode or augment: a slice is the whole pipeline.
             for p in plans:
@@ -189,8 +188,6 @@ class DaliLoader:
             reason = " ".join(str(e).split()) or type(e).__name__
             log.warning("DALI failed to decode a batch (%s); the torch loader finishes this pass over "
                         "%d remaining batch(es) and skips unreadable files", reason[:300], len(plans) - done)
-            from lmsrr.data.loaders import TorchLoader
-
             yield from TorchLoader(self.threads)._file_batches(split, plans[done:], augment, device, train)
 
     # ------------------------------------------------------------------ pipelines

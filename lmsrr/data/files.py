@@ -28,7 +28,8 @@ from lmsrr.data.augment import ResizedCropAugment
 from lmsrr.data.common import loader_kwargs, require_dir, require_file, require_files
 from lmsrr.data.images import report_unreadable, scan_images
 from lmsrr.data.registry import register_dataset
-from lmsrr.data.stream import ContinualStream, FileSplit
+from lmsrr.data.splits import FileSplit
+from lmsrr.data.stream import ContinualStream
 from lmsrr.errors import DataNotFoundError
 
 DEFAULT_SIZE = 224

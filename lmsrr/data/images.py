@@ -16,6 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 from tqdm.auto import tqdm
 
+from lmsrr.data.augment import resize_u8
+
 log = logging.getLogger("lmsrr.data")
 
 # What every decoder here reads (torchvision, DALI on the CPU and on the GPU).
@@ -90,8 +92,6 @@ def _decode_to(path: str, size: int):
             arr = np.asarray(im.convert("RGB"))
     except Exception as e:  # any decoding failure means the file is unreadable
         return f"{type(e).__name__}: {e}"
-    from lmsrr.data.augment import resize_u8
-
     img = torch.from_numpy(arr.copy()).permute(2, 0, 1)
     return resize_u8(img, (size, size))
 

@@ -1,7 +1,7 @@
 """A continual stream: a labelled dataset split into tasks, and the batches of each task.
 
-Images live either in memory (:class:`TensorSplit`: uint8 (N, C, H, W) at native resolution:
-digits, CIFAR, MNIST, TinyImageNet) or on disk (:class:`FileSplit`: ImageNet-R, CUB-200,
+Images live either in memory (:class:`~lmsrr.data.splits.TensorSplit`: uint8 (N, C, H, W) at native resolution:
+digits, CIFAR, MNIST, TinyImageNet) or on disk (:class:`~lmsrr.data.splits.FileSplit`: ImageNet-R, CUB-200,
 Cars-196), decoded per batch to a fixed ``size`` x ``size`` view. Either way a training batch is
 ``(x, x_aug, y)``: x the un-augmented uint8 images (what a replay buffer stores, fixed size),
 x_aug the augmented float images in [0, 1] that the model takes (each source then resizes and
@@ -15,63 +15,16 @@ give the same batches.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from typing import Iterator
 
 import torch
 
-from lmsrr.data.augment import Augment, ResizedCropAugment, center_geometry, to_float
+from lmsrr.data.augment import Augment, ResizedCropAugment, to_float
+from lmsrr.data.loaders import make_loader
 from lmsrr.data.sampler import eval_shard, num_shard_batches, shard_batches
+from lmsrr.data.splits import BatchPlan, FileSplit, TaskData, TensorSplit
 
 log = logging.getLogger("lmsrr.data")
-
-
-@dataclass
-class TaskData:
-    task: int
-    classes: list[int]  # the (remapped) labels of this task
-    train_x: torch.Tensor  # uint8 (N, C, H, W)
-    train_y: torch.Tensor  # int64 (N,)
-    test_x: torch.Tensor
-    test_y: torch.Tensor
-
-
-@dataclass
-class TensorSplit:
-    """Images held in memory: uint8 (N, C, H, W) and int64 labels."""
-
-    x: torch.Tensor
-    y: torch.Tensor
-
-    def __len__(self) -> int:
-        return self.y.shape[0]
-
-
-@dataclass
-class FileSplit:
-    """Images on disk, decoded per batch: paths, int64 labels, original (height, width) per file
-    (read by the scan, so crop geometry is known before decoding) and the view size."""
-
-    paths: list[str]
-    y: torch.Tensor
-    hw: torch.Tensor  # (N, 2) int64
-    size: int
-
-    def __len__(self) -> int:
-        return self.y.shape[0]
-
-    def geometry(self, idx: torch.Tensor) -> torch.Tensor:
-        return center_geometry(self.hw[idx, 0], self.hw[idx, 1], self.size)
-
-
-@dataclass
-class BatchPlan:
-    """One batch: positions into a split and the augmentation parameters of each sample
-    (in-memory: crop anchors (n, 2); files: crop windows (n, 4)), all on the CPU."""
-
-    idx: torch.Tensor
-    crops: torch.Tensor | None = None
-    flips: torch.Tensor | None = None
 
 
 def class_permutation(n_classes: int, class_order: str) -> torch.Tensor:
@@ -105,8 +58,6 @@ class ContinualStream:
         return self
 
     def _setup(self, name, train, test, n_tasks, classes_per_task, augment, class_order, loader, workers):
-        from lmsrr.data.loaders import make_loader
-
         n_classes = n_tasks * classes_per_task
         found = int(train.y.max()) + 1 if len(train) else 0
         if found != n_classes:

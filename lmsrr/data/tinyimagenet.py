@@ -19,7 +19,7 @@ import os
 import torch
 
 from lmsrr.data.augment import Augment
-from lmsrr.data.common import loader_kwargs, require_dir, require_file
+from lmsrr.data.common import loader_kwargs, require_dir, require_file, require_files
 from lmsrr.data.images import decode_all, report_unreadable
 from lmsrr.data.registry import register_dataset
 from lmsrr.data.stream import ContinualStream
@@ -56,8 +56,6 @@ def tinyimagenet_items(root: str):
             if len(parts) < 2 or parts[1] not in label:
                 raise DataNotFoundError(f"seq-tinyimg: {ann} line {n} is malformed or names an unknown class: {line.strip()!r}")
             test.append((os.path.join(base, "val", "images", parts[0]), label[parts[1]]))
-    from lmsrr.data.common import require_files
-
     require_files([p for p, _ in test], "seq-tinyimg")
     return train, test
 

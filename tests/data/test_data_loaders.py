@@ -178,7 +178,7 @@ def test_padded_crop_parameters_match_the_executed_crop():
 def test_dali_per_source_resize_and_normalisation():
     """The in-memory DALI pipeline can emit one resized, normalised tensor per source."""
     from lmsrr.data.dali_loader import OutputSpec, PlanSource, tensor_train_pipeline, to_torch
-    from lmsrr.data.stream import BatchPlan
+    from lmsrr.data.splits import BatchPlan
 
     x = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8)
     specs = (OutputSpec((32, 32), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),

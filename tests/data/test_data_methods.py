@@ -12,7 +12,7 @@ from lmsrr.cli import main
 from lmsrr.config import Config
 from lmsrr.data import build_stream
 from lmsrr.data.augment import to_float
-from lmsrr.data.stream import FileSplit
+from lmsrr.data.splits import FileSplit
 
 SOURCE = "vit_tiny_patch16_224(input_size=8,patch_size=4,embed_dim=16,depth=2,num_heads=1)"
 TINY = ["--sources", SOURCE, "--trainable-blocks", "1", "--epochs", "1", "--batch-size", "8",
