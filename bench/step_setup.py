@@ -43,7 +43,7 @@ def setup_step(provider: str, batch: int, device: torch.device, precision: str =
     cfg = step_config(gpu)
     stream = synthetic_stream()
     torch.manual_seed(0)
-    net = build_net(cfg.model, cfg.method, stream.n_classes).to(device).train()
+    net = build_net(cfg.model, stream.n_classes).to(device).train()
     method = build_method(cfg, net, stream, device)
     method.begin_task(0)
     method.begin_task(1)  # a later task: the old blocks exist, distillation is on
@@ -55,17 +55,17 @@ def setup_step(provider: str, batch: int, device: torch.device, precision: str =
     buf_x = stream.augment(x_u8.flip(0))
     buf_logits = torch.randn(batch, stream.n_classes, device=device)
     method._replay_inputs = lambda: (buf_x, buf_logits)  # same replay batch for every provider
-    opt = torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=1e-4)
+    opt = torch.optim.SGD(method.parameters(), lr=1e-4)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     if provider == "compile":
-        method.top = torch.compile(TrainableTop(net))
+        method.bind_top(torch.compile(TrainableTop(net)))
     batch_obj = Batch(x=x_u8, x_aug=x, y=y, task=1)
 
     def forward():
         if provider == "released":
-            noise = net.switch.sample_noise()
-            return released_loss(net, old_net, 1, x, y, buf_x, buf_logits, noise,
-                                 cfg.method.alpha, cfg.method.beta)
+            noise = method.switch.sample_noise()
+            return released_loss(net, old_net, method.switch, 1, x, y, buf_x, buf_logits, noise,
+                                 method.alpha, method.beta)
         return method.loss(batch_obj).loss
 
     def step():

@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import torch
 
+from lmsrr import distributed
+from lmsrr.errors import ConfigError
+
 
 class ReservoirBuffer:
     def __init__(self, capacity: int, input_shape: tuple[int, ...], logit_dim: int,
@@ -78,7 +81,7 @@ class ReservoirBuffer:
         self.seen = int(state["seen"])
 
 
-def make_buffer(total_size: int, stream, device) -> ReservoirBuffer | None:
+def make_buffer(total_size: int, stream, device, method: str) -> ReservoirBuffer:
     """The replay buffer of this rank: ``total_size`` slots split evenly across DDP ranks.
 
     Each rank runs a reservoir over its own shard of the stream. Shards are a uniformly random
@@ -87,9 +90,8 @@ def make_buffer(total_size: int, stream, device) -> ReservoirBuffer | None:
     probability of one global reservoir of C slots over N samples. The union is a uniform sample
     stratified by shard, and each rank replays from its own part.
     """
-    from lmsrr import distributed
-
     local = distributed.local_share(total_size)
-    if local == 0:
-        return None
+    if local == 0:  # fewer slots than ranks: some rank would replay nothing
+        raise ConfigError(f"method {method!r}: --buffer-size {total_size} is smaller than the number "
+                          f"of ranks ({distributed.world_size()}); every rank needs at least one slot")
     return ReservoirBuffer(local, stream.image_shape, stream.n_classes, device)

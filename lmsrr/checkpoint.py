@@ -13,13 +13,18 @@ previous one used instead (with a warning).
 from __future__ import annotations
 
 import hashlib
+import random
 import io
 import logging
 import os
 import re
 import shutil
+import subprocess
 
+import numpy as np
 import torch
+
+from lmsrr import __version__
 
 log = logging.getLogger("lmsrr.checkpoint")
 
@@ -120,10 +125,6 @@ def load_latest(ckpt_root: str, rank: int, world_size: int) -> tuple[dict, str] 
 
 
 def capture_rng(extra_generators: dict[str, torch.Generator]) -> dict:
-    import random
-
-    import numpy as np
-
     state = {
         "python": random.getstate(),
         "numpy": np.random.get_state(),
@@ -136,10 +137,6 @@ def capture_rng(extra_generators: dict[str, torch.Generator]) -> dict:
 
 
 def restore_rng(state: dict, extra_generators: dict[str, torch.Generator]) -> None:
-    import random
-
-    import numpy as np
-
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
@@ -151,11 +148,7 @@ def restore_rng(state: dict, extra_generators: dict[str, torch.Generator]) -> No
 
 def code_revision() -> str:
     """Git revision of the checkout the code runs from, or the package version."""
-    import subprocess
-
-    import lmsrr
-
-    root = os.path.dirname(os.path.dirname(os.path.abspath(lmsrr.__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
                              text=True, timeout=5)
@@ -163,4 +156,4 @@ def code_revision() -> str:
             return out.stdout.strip()
     except (OSError, subprocess.SubprocessError):
         pass
-    return f"lmsrr {lmsrr.__version__}"
+    return f"lmsrr {__version__}"

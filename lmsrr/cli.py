@@ -11,11 +11,11 @@ import logging
 import sys
 
 from lmsrr.config import PRESETS, Config
+from lmsrr.engine import Interrupted, run
 from lmsrr.errors import UserError
-
-
-def _flag(f: dataclasses.Field) -> str:
-    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+from lmsrr.fields import flag_of, value_type
+from lmsrr.guard import NonFiniteError
+from lmsrr.methods.registry import method_option_fields, option_flag
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,16 +36,27 @@ def build_parser() -> argparse.ArgumentParser:
         group_obj = getattr(defaults, group_field.name)
         g = p.add_argument_group(f"{group_field.name} options")
         for f in dataclasses.fields(group_obj):
-            default = getattr(group_obj, f.name)
-            kw = dict(dest=f"{group_field.name}.{f.name}", help=f.metadata["help"], default=argparse.SUPPRESS)
-            if isinstance(default, bool):
-                kw["help"] += f" (default: {'on' if default else 'off'})"
-                g.add_argument(_flag(f), action=argparse.BooleanOptionalAction, **kw)
-            else:
-                kw["help"] += f" (default: {default})"
-                g.add_argument(_flag(f), type=type(default), metavar=f.name.upper(),
-                               choices=f.metadata.get("choices"), **kw)
+            if value_type(f) is not None:
+                _add_flag(g, f, flag_of(f), f"{group_field.name}.{f.name}", getattr(group_obj, f.name))
+        if group_field.name == "method":  # each method's own options, shown flat
+            for key, (method, f) in method_option_fields().items():
+                _add_flag(g, f, option_flag(method, f), f"method.{key}",
+                          getattr(group_obj.options[method], f.name))
     return p
+
+
+def _add_flag(group, f: dataclasses.Field, flag: str, dest: str, default) -> None:
+    kw = dict(dest=dest, help=f.metadata["help"], default=argparse.SUPPRESS)
+    if isinstance(default, bool):
+        kw["help"] += f" (default: {'on' if default else 'off'})"
+        group.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
+        return
+    choices = f.metadata.get("choices")  # validated by the config (with a "did you mean")
+    if choices:
+        kw["help"] += f"; one of: {', '.join(map(str, choices))}"
+    if default != "":
+        kw["help"] += f" (default: {default})"
+    group.add_argument(flag, type=type(default), metavar=f.name.rstrip("_").upper(), **kw)
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
@@ -84,9 +95,6 @@ def main(argv: list[str] | None = None) -> int:
         if args.print_config:
             print(json.dumps(cfg.to_dict(), indent=2))
             return 0
-        from lmsrr.engine import Interrupted, run
-        from lmsrr.guard import NonFiniteError
-
         run(cfg)
     except UserError as e:
         print(f"lmsrr-train: error: {e}", file=sys.stderr)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import logging
 import math
 import os
@@ -27,7 +28,14 @@ import shlex
 import sys
 import time
 
+from lmsrr import distributed
+from lmsrr.cli import build_parser as train_parser
+from lmsrr.cli import config_from_args
+from lmsrr.data import build_stream
+from lmsrr.engine import Interrupted, Trainer
 from lmsrr.errors import UserError
+from lmsrr.guard import NonFiniteError
+from lmsrr.methods.registry import method_class
 
 log = logging.getLogger("lmsrr.compare")
 
@@ -44,8 +52,6 @@ METRICS = ("class_il", "task_il", "forgetting", "bwt", "task_il_forgetting", "ta
 def parse_methods(text: str) -> list[str]:
     """Comma-separated registered names, in order, without repeats; unknown names are an error
     that suggests the closest registered one."""
-    from lmsrr.methods.registry import method_class
-
     names = [m.strip() for m in text.split(",") if m.strip()]
     if not names:
         raise UserError("--methods names no method")
@@ -262,12 +268,6 @@ def run_comparison(cfg, methods: list[str], out: str, command: str = "",
     (default: ``cfg.runtime.seed``); write the report under ``out`` after each run; return the
     rows. A run that stops on non-finite values (e.g. a penalty too stiff for the learning rate)
     marks its method diverged and the comparison goes on; any other error ends it."""
-    from lmsrr import distributed
-    from lmsrr.data import build_stream
-    from lmsrr.engine import Trainer
-    from lmsrr.guard import NonFiniteError
-    from lmsrr.methods.registry import method_class
-
     seeds = seeds or [cfg.runtime.seed]
     # Every method's start-up checks before the first one trains: a bad combination fails in
     # seconds, not after an hour of other methods.
@@ -309,8 +309,6 @@ def run_comparison(cfg, methods: list[str], out: str, command: str = "",
 
 # ---------------------------------------------------------------------- command line
 def build_parser(prog: str = "lmsrr-compare") -> argparse.ArgumentParser:
-    from lmsrr.cli import build_parser as train_parser
-
     p = train_parser()
     p.prog = prog
     p.description = (
@@ -334,9 +332,6 @@ def build_parser(prog: str = "lmsrr-compare") -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None, prog: str = "lmsrr-compare") -> int:
-    from lmsrr.cli import config_from_args
-    from lmsrr.engine import Interrupted
-
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(prog)
     args = parser.parse_args(argv)
@@ -352,8 +347,6 @@ def main(argv: list[str] | None = None, prog: str = "lmsrr-compare") -> int:
         cfg = config_from_args(args)
         seeds = parse_seeds(args.seeds) if args.seeds else [cfg.runtime.seed]
         if args.print_config:
-            import json
-
             print(json.dumps(cfg.to_dict(), indent=2))
             return 0
         out = args.out or os.path.join(cfg.log.out_dir,

@@ -2,16 +2,26 @@
 
 The CLI (:mod:`lmsrr.cli`) builds its flags from these fields: every field's ``help`` metadata is
 its flag's help text, and ``flag`` (when present) its name; otherwise the flag is ``--field-name``.
-Presets reproduce the released code's recipes; explicit flags override them.
+Every group validates itself on construction (types and choices through
+:func:`lmsrr.fields.validate`, ranges in its ``__post_init__``). Each method's own options come
+from the method (its ``Options`` dataclass, see :mod:`lmsrr.methods.registry`); in config files
+they sit flat in the ``method`` group (``der_alpha``), as their flags do. Presets reproduce the
+released code's recipes; explicit flags override them.
 """
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from dataclasses import dataclass, field
-from typing import Any
 
+# Importing the package registers every built-in method (and its options) before the tree below
+# collects them; the registry itself knows nothing of this module.
+import lmsrr.methods  # noqa: F401
+from lmsrr.data.loaders import LOADERS
 from lmsrr.errors import ConfigError
+from lmsrr.fields import check as _check
+from lmsrr.fields import option as _f
+from lmsrr.fields import validate
+from lmsrr.methods.registry import available_methods, default_options, method_class, method_option_fields
 
 # Two small, heterogeneous, randomly initialised timm sources sized for 8x8 digits (upsampled):
 # a 4-block ViT on 16x16 inputs and a 4-stage ConvNeXt on 32x32 inputs.
@@ -21,29 +31,6 @@ DEFAULT_SOURCES = (
 )
 # The two ViT-B/16 models of the released code, under their timm names.
 PAPER_SOURCES = "vit_base_patch16_224.orig_in21k_ft_in1k,vit_base_patch16_224.orig_in21k"
-
-
-def _f(default: Any, help: str, flag: str | None = None, choices: tuple | None = None, **kw):
-    meta = {"help": help}
-    if flag:
-        meta["flag"] = flag
-    if choices:
-        meta["choices"] = choices
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata=meta, **kw)
-    return field(default=default, metadata=meta, **kw)
-
-
-def _check(cond: bool, msg: str) -> None:
-    if not cond:
-        raise ConfigError(msg)
-
-
-def _check_choice(name: str, value: str, choices: tuple) -> None:
-    if value not in choices:
-        close = difflib.get_close_matches(value, choices, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ConfigError(f"{name}={value!r} is not valid{hint}; choose one of: {', '.join(choices)}")
 
 
 @dataclass
@@ -58,7 +45,7 @@ class DataConfig:
     eval_batch_size: int = _f(256, "batch size for evaluation")
     loader: str = _f(
         "auto", "input pipeline: 'dali' (NVIDIA DALI; GPU decode and augmentation when training on "
-        "CUDA), 'torch', or 'auto' (DALI when installed)", choices=("auto", "dali", "torch"),
+        "CUDA), 'torch', or 'auto' (DALI when installed)", choices=LOADERS,
     )
     loader_workers: int = _f(0, "DALI threads / torch loader decoding threads (0 = one per CPU core)")
     image_size: int = _f(
@@ -73,9 +60,9 @@ class DataConfig:
     )
 
     def __post_init__(self):
+        validate(self)
         _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         _check(self.eval_batch_size >= 1, f"eval_batch_size must be >= 1, got {self.eval_batch_size}")
-        _check_choice("loader", self.loader, ("auto", "dali", "torch"))
         _check(self.loader_workers >= 0, f"loader_workers must be >= 0, got {self.loader_workers}")
         _check(self.image_size == 0 or self.image_size >= 8,
                f"image_size must be 0 (the default, 224) or >= 8, got {self.image_size}")
@@ -108,7 +95,7 @@ class ModelConfig:
     fusion_dim: int = _f(0, "common feature width D for fusion (0 = widest source)")
 
     def __post_init__(self):
-        _check_choice("msidf", self.msidf, ("attention", "reference"))
+        validate(self)
         _check(self.trainable_blocks >= 1, f"trainable_blocks must be >= 1, got {self.trainable_blocks}")
         _check(self.fusion_dim >= 0, f"fusion_dim must be >= 0, got {self.fusion_dim}")
         _check(bool(self.sources.strip()), "sources must name at least one timm model")
@@ -126,38 +113,48 @@ class ModelConfig:
 
 @dataclass
 class MethodConfig:
-    name: str = _f("lmsrr", "continual-learning method", flag="--method")
-    alpha: float = _f(0.3, "weight of the ARO-weighted multi-level distillation term")
-    beta: float = _f(0.5, "weight of the logit-replay (DER) term")
+    name: str = _f("lmsrr", f"continual-learning method; one of: {', '.join(available_methods())}",
+                   flag="--method")
+    # Shared by every method that replays (LMSRR and the replay baselines).
     buffer_size: int = _f(500, "replay buffer slots (0 disables replay)")
     replay_batch_size: int = _f(32, "replay samples drawn per step")
-    tau: float = _f(0.1, "Gumbel-softmax temperature of the ARO switch vector")
-    hard_switch: bool = _f(False, "use straight-through hard Gumbel samples for the switch vector")
-    # Baselines (lmsrr/methods/): each method has its own weights, so one configuration runs every
-    # method of a comparison with its own defaults (alpha / beta above are LMSRR's only).
-    der_alpha: float = _f(0.5, "der: weight of the logit-replay MSE (the DER paper's alpha)")
-    derpp_alpha: float = _f(0.5, "derpp: weight of the logit-replay MSE (the DER++ paper's alpha)")
-    derpp_beta: float = _f(0.5, "derpp: weight of the label-replay cross-entropy (the DER++ paper's beta)")
-    lwf_alpha: float = _f(1.0, "lwf: weight of the distillation from the previous model's outputs")
-    lwf_temperature: float = _f(2.0, "lwf: softmax temperature of the distillation")
-    ewc_lambda: float = _f(10.0, "ewc: weight of the penalty (lambda/2) * sum F (theta - theta*)^2; "
-                          "plain SGD diverges once lr * lambda * max F exceeds 2")
-    ewc_gamma: float = _f(1.0, "ewc: online EWC decay of the accumulated Fisher at each task end (1 = none)")
-    si_c: float = _f(5.0, "si: weight c of the penalty c * sum Omega (theta - theta*)^2; plain SGD "
-                    "diverges once 2 * lr * c * max Omega exceeds 2")
-    si_xi: float = _f(1.0, "si: damping xi of the importance Omega = w / ((delta theta)^2 + xi)")
+    # Every registered method's own options (one configuration runs every method of a comparison,
+    # each with its own defaults); shown flat on the command line and in config files.
+    options: dict = field(default_factory=default_options)
 
     def __post_init__(self):
-        _check(self.alpha >= 0, f"alpha must be >= 0, got {self.alpha}")
-        _check(self.beta >= 0, f"beta must be >= 0, got {self.beta}")
+        validate(self)
+        method_class(self.name)  # an unknown name is an error that suggests the closest one
         _check(self.buffer_size >= 0, f"buffer_size must be >= 0, got {self.buffer_size}")
         _check(self.replay_batch_size >= 1, f"replay_batch_size must be >= 1, got {self.replay_batch_size}")
-        _check(self.tau > 0, f"tau must be > 0, got {self.tau}")
-        for name in ("der_alpha", "derpp_alpha", "derpp_beta", "lwf_alpha", "ewc_lambda", "si_c"):
-            _check(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
-        _check(self.lwf_temperature > 0, f"lwf_temperature must be > 0, got {self.lwf_temperature}")
-        _check(0 <= self.ewc_gamma <= 1, f"ewc_gamma must be in [0, 1], got {self.ewc_gamma}")
-        _check(self.si_xi > 0, f"si_xi must be > 0, got {self.si_xi}")
+
+    @property
+    def own(self):
+        """The options of the selected method (None when it has none)."""
+        return self.options.get(self.name)
+
+    def to_dict(self) -> dict:
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "options"}
+        for key, (method, f) in method_option_fields().items():
+            d[key] = getattr(self.options[method], f.name)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "MethodConfig":
+        flat = method_option_fields()
+        common = {f.name for f in dataclasses.fields(cls)} - {"options"}
+        unknown = set(d) - common - set(flat)
+        if unknown:
+            raise ConfigError(f"unknown method option(s): {', '.join(sorted(unknown))}")
+        per_method: dict[str, dict] = {}
+        for key, value in d.items():
+            if key in flat:
+                method, f = flat[key]
+                per_method.setdefault(method, {})[f.name] = value
+        options = default_options()
+        for method, values in per_method.items():
+            options[method] = type(options[method])(**values)
+        return cls(options=options, **{k: v for k, v in d.items() if k in common})
 
 
 @dataclass
@@ -169,7 +166,7 @@ class OptimConfig:
     epochs: int = _f(15, "epochs per task")
 
     def __post_init__(self):
-        _check_choice("optimizer", self.optimizer, ("sgd", "adamw"))
+        validate(self)
         _check(self.lr > 0, f"lr must be > 0, got {self.lr}")
         _check(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
         _check(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
@@ -203,12 +200,11 @@ class RuntimeConfig:
         20, "consecutive non-finite fp16 steps (skipped by the scaler) tolerated before stopping")
 
     def __post_init__(self):
+        validate(self)
         d = self.device
         _check(d in ("auto", "cpu", "cuda") or (d.startswith("cuda:") and d[5:].isdigit()),
                f"device={d!r}: use 'auto', 'cpu', 'cuda' or 'cuda:N'")
         _check(self.threads >= 0, f"threads must be >= 0, got {self.threads}")
-        _check_choice("precision", self.precision, ("auto", "bf16", "fp16", "fp32"))
-        _check_choice("dist_backend", self.dist_backend, ("auto", "nccl", "gloo"))
         _check(self.eval_cache_mb >= 0, f"eval_cache_mb must be >= 0, got {self.eval_cache_mb}")
         _check(self.stop_after >= 0, f"stop_after must be >= 0, got {self.stop_after}")
         _check(self.checkpoint_every >= 0, f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
@@ -229,8 +225,31 @@ class LogConfig:
         "streams), 'class-il', or 'class-il,task-il'", choices=("auto", "class-il", "class-il,task-il"))
 
     def __post_init__(self):
+        validate(self)
         _check(self.log_every >= 1, f"log_every must be >= 1, got {self.log_every}")
-        _check_choice("metrics", self.metrics, ("auto", "class-il", "class-il,task-il"))
+
+
+@dataclass
+class ProfileConfig:
+    enabled: bool = _f(False, "record a torch.profiler trace of a window of training steps "
+                       "(see --profile-task, --profile-wait, --profile-warmup, --profile-active)",
+                       flag="--profile")
+    task: int = _f(2, "profiler: task (1-based) whose first steps are profiled; 2 has replay and "
+                   "distillation on", flag="--profile-task")
+    wait: int = _f(1, "profiler: steps of that task skipped before the window", flag="--profile-wait")
+    warmup: int = _f(2, "profiler: steps recorded but discarded (allocator, autotuning)",
+                     flag="--profile-warmup")
+    active: int = _f(5, "profiler: steps recorded and kept", flag="--profile-active")
+    trace: str = _f("", "profiler: Chrome trace path (default: <run dir>/profile/trace.json)",
+                    flag="--profile-trace")
+    top: int = _f(15, "profiler: operators listed in the summary", flag="--profile-top")
+
+    def __post_init__(self):
+        validate(self)
+        _check(self.task >= 1, f"profile task must be >= 1 (1-based), got {self.task}")
+        _check(self.wait >= 0 and self.warmup >= 0, "profile wait and warmup must be >= 0")
+        _check(self.active >= 1, f"profile active must be >= 1, got {self.active}")
+        _check(self.top >= 1, f"profile top must be >= 1, got {self.top}")
 
 
 @dataclass
@@ -241,9 +260,10 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    profile: ProfileConfig = field(default_factory=ProfileConfig)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return {f.name: _group_dict(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Config":
@@ -251,6 +271,12 @@ class Config:
         for f in dataclasses.fields(cls):
             sub = d.get(f.name, {})
             group_cls = f.default_factory
+            if not isinstance(sub, dict):
+                raise ConfigError(f"option group {f.name!r} must be a mapping of options, got "
+                                  f"{type(sub).__name__}")
+            if hasattr(group_cls, "from_dict"):
+                groups[f.name] = group_cls.from_dict(sub)
+                continue
             names = {g.name for g in dataclasses.fields(group_cls)}
             unknown = set(sub) - names
             if unknown:
@@ -264,6 +290,12 @@ class Config:
         for group, values in overrides.items():
             d[group].update(values)
         return Config.from_dict(d)
+
+
+def _group_dict(group) -> dict:
+    if hasattr(group, "to_dict"):
+        return group.to_dict()
+    return dataclasses.asdict(group)
 
 
 # Recipes of the released code (command/lmsrr_*.sh): SGD lr 0.03, batch 32, replay batch 32,

@@ -14,6 +14,8 @@ import os
 import torch
 import torch.distributed as dist
 
+from lmsrr.errors import ConfigError
+
 log = logging.getLogger("lmsrr.distributed")
 
 
@@ -43,11 +45,17 @@ def local_share(total: int) -> int:
     return total // w + (1 if r < total % w else 0)
 
 
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device={name!r} but CUDA is not available here; use --device cpu")
+    return torch.device(name)
+
+
 def init(device_pref: str, backend_pref: str) -> torch.device:
     """Join the process group when launched by torchrun; return this rank's device."""
     if not launched_by_torchrun():
-        from lmsrr.engine import resolve_device
-
         return resolve_device(device_pref)
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = device_pref != "cpu" and torch.cuda.is_available()

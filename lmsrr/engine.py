@@ -7,10 +7,13 @@ the uncompiled network serves evaluation and checkpoints), DDP under torchrun, t
 """
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import logging
 import os
 import random
 import signal
+import threading
 import time
 
 import numpy as np
@@ -23,24 +26,19 @@ from lmsrr import distributed
 from lmsrr.config import Config
 from lmsrr.data import build_stream
 from lmsrr.errors import ConfigError, UserError
-from lmsrr.guard import NonFiniteError, NumericsGuard
 from lmsrr.evaluate import PrefixCache, evaluate_seen_tasks
+from lmsrr.guard import NumericsGuard
 from lmsrr.methods import Batch, build_method
+from lmsrr.methods.registry import method_class
 from lmsrr.metrics import summarize
 from lmsrr.models import TrainableTop, build_net
 from lmsrr.perf import StepTimer, count_flops, peak_flops, peak_memory_mb
+from lmsrr.position import StreamPosition, TaskCursor
 from lmsrr.precision import resolve_precision
+from lmsrr.profiling import StepProfiler
 from lmsrr.results import RunDir, format_summary
 
 log = logging.getLogger("lmsrr")
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device={name!r} but CUDA is not available here; use --device cpu")
-    return torch.device(name)
 
 
 def seed_everything(seed: int) -> None:
@@ -56,19 +54,14 @@ def make_optimizer(params, optim_cfg) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=optim_cfg.lr, weight_decay=optim_cfg.weight_decay)
 
 
-def wrap_top(method, net, rt, device) -> torch.nn.Module:
-    """Compile (optionally) and DDP-wrap the trainable top; the method trains through it."""
+def wrap_top(net, rt, device) -> torch.nn.Module:
+    """The trainable top, compiled (optionally, before the DDP wrap) and DDP-wrapped under
+    torchrun: the module every training forward goes through."""
     top = TrainableTop(net)
     if rt.compile:
         top = torch.compile(top, backend=rt.compile_backend)
     if distributed.is_initialized():
-        # The switch vector is used outside the top's forward (its gates weight the loss), so
-        # DDP's reducer cannot track it; its tiny gradient is averaged by hand instead.
-        switch = {id(p) for p in net.switch.parameters()}
-        ignore = [n for n, p in top.named_parameters() if id(p) in switch]
-        DDP._set_params_and_buffers_to_ignore_for_model(top, ignore)
         top = DDP(top, device_ids=[device.index] if device.type == "cuda" else None)
-    method.top = top
     return top
 
 
@@ -105,17 +98,16 @@ class Trainer:
         seed_everything(rt.seed)
         # Validate everything cheap before any heavy work: names, data on disk, options, output.
         self.stream = build_stream(cfg.data)
-        from lmsrr.methods.registry import method_class
-
         # The method's own start-up checks (e.g. a replay method without --buffer-size).
         method_class(cfg.method.name).check_config(cfg, self.stream)
         self.n_tasks = self._check_options()
         self.run_path = self._run_path(run_dir)
         self.run = RunDir(self.run_path) if self.main else None
-        self.net = build_net(cfg.model, cfg.method, self.stream.n_classes).to(self.device)
+        self.net = build_net(cfg.model, self.stream.n_classes).to(self.device)
         self.precision = resolve_precision(rt.precision, self.device)
         self.method = build_method(cfg, self.net, self.stream, self.device)
-        wrap_top(self.method, self.net, rt, self.device)
+        self.top = wrap_top(self.net, rt, self.device)
+        self.method.bind_top(self.top)
         # Augmentation, replay sampling and Gumbel noise may differ across ranks.
         torch.manual_seed(rt.seed + distributed.rank())
         if self.run is not None:
@@ -137,6 +129,9 @@ class Trainer:
         self.ckpt_root = os.path.join(self.run_path, "checkpoints")
         self.guard = NumericsGuard(self.device, self.precision.name == "fp16", rt.max_nonfinite_steps)
         self.stop_signal: int | None = None
+        self.timer = StepTimer()
+        self.peak = peak_flops(self.device, self.precision.name)
+        self.profiler = StepProfiler(cfg.profile, self.run_path, self.device) if cfg.profile.enabled else None
         self.resumed: dict | None = None
         self._maybe_resume()
 
@@ -150,6 +145,8 @@ class Trainer:
         n = cfg.runtime.stop_after or stream.n_tasks
         if n > stream.n_tasks:
             raise ConfigError(f"--stop-after {n}: {stream.name} has only {stream.n_tasks} tasks")
+        if cfg.profile.enabled and cfg.profile.task > n:
+            raise ConfigError(f"--profile-task {cfg.profile.task}: this run trains {n} task(s)")
         return n
 
     def _run_path(self, run_dir: str | None) -> str:
@@ -176,6 +173,12 @@ class Trainer:
         if self.run is not None:
             self.run.log(record, step=self.step)
 
+    def weights_hash(self) -> str:
+        """SHA-256 of everything trained: the network and the method's own parameters."""
+        weights = torch.nn.ModuleDict({"net": self.net,
+                                       "method": torch.nn.ParameterList(self.method.outside_parameters())})
+        return distributed.state_hash(weights)
+
     # ------------------------------------------------------------------ checkpoints
     def _trainable_state(self) -> dict:
         """Trainable parameters and all buffers; frozen weights are rebuilt from the config."""
@@ -185,8 +188,6 @@ class Trainer:
                 if k in trainable or k in buffers}
 
     def _frozen_fingerprint(self) -> str:
-        import hashlib
-
         h = hashlib.sha256()
         for n, p in self.net.named_parameters():
             if not p.requires_grad:
@@ -271,21 +272,34 @@ class Trainer:
         distributed.all_reduce_max_(flag)
         return bool(flag.item())
 
-    def log(self, record: dict) -> None:
-        if self.run is not None:
-            self.run.log(record, step=self.step)
-
     # ------------------------------------------------------------------ training
-    def _batch_iter(self, t: int, skip: int = 0):
-        """(batch, seconds spent producing it) pairs: the data-time share of the step.
-        ``skip`` batches are drawn and dropped first, right away (resuming inside an epoch)."""
-        it = iter(self.method.train_batches(t, self.cfg.data.batch_size, self.shuffle))
-        for _ in range(skip):
-            next(it)
-        return self._timed(it, t)
+    def train_task(self, t: int) -> None:
+        """Train task ``t`` from the start, or from the resumed position: for every epoch and
+        batch, one step, then logging, profiling and checkpoints."""
+        opt, scaler, cursor = self._start_task(t)
+        per_epoch = self.method.num_train_batches(t, self.cfg.data.batch_size)
+        bar = tqdm(total=per_epoch * self.cfg.optim.epochs,
+                   initial=cursor.epoch * per_epoch + cursor.batches_done,
+                   desc=f"task {t + 1}/{self.stream.n_tasks}", disable=not self.progress, leave=False)
+        self.timer.reset()
+        try:
+            for _ in cursor.epochs():
+                for batch, data_s in cursor.batches(lambda: self.batches(t)):
+                    if self.peak is not None and t not in self.flops_per_step:
+                        self.measure_flops(batch)
+                    out = self.train_step(opt, scaler, batch, data_s)
+                    bar.update()
+                    self._after_step(out, cursor, opt, scaler)
+        finally:
+            bar.close()
+        if self.profiler is not None:
+            self.profiler.close()
+        self.guard.check(" (found at the end of the task)")
+        self.method.end_task(t)
 
-    @staticmethod
-    def _timed(it, t: int):
+    def batches(self, t: int):
+        """One epoch of task ``t``: (batch, seconds spent producing it) pairs."""
+        it = iter(self.method.train_batches(t, self.cfg.data.batch_size, self.shuffle))
         while True:
             t0 = time.perf_counter()
             try:
@@ -294,7 +308,9 @@ class Trainer:
                 return
             yield Batch(x=x, x_aug=x_aug, y=y, task=t), time.perf_counter() - t0
 
-    def _train_step(self, opt, scaler, batch: Batch):
+    def train_step(self, opt, scaler, batch: Batch, data_s: float = 0.0):
+        """One optimizer step on ``batch``: the method's loss, backward, the step; counted."""
+        t0 = time.perf_counter()
         method = self.method
         with self.precision.autocast(self.device):
             out = method.loss(batch)
@@ -304,7 +320,7 @@ class Trainer:
             scaler.unscale_(opt)  # methods that edit gradients see their true values
         else:
             out.loss.backward()
-        distributed.average_grads_(self.net.switch.parameters())
+        distributed.average_grads_(method.outside_parameters())
         grads = [p.grad for p in method.parameters() if p.grad is not None]
         self.guard.record(self.step + 1, batch.task, {**out.terms, "loss/total": out.loss}, grads)
         method.after_backward(batch, out)
@@ -314,117 +330,91 @@ class Trainer:
         else:
             opt.step()
         method.after_step(batch, out)
+        images = batch.y.shape[0] * distributed.world_size()
+        self.step += 1
+        self.images += images
+        self.timer.data(data_s)
+        self.timer.step(images)
+        if self.profiler is not None:
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)  # honest step times, only while profiling
+            self.profiler.step(batch.task, time.perf_counter() - t0 + data_s, data_s, images)
         return out
 
-    def _measure_flops(self, batch: Batch) -> None:
-        """FLOPs of one training step (forward + backward), for MFU; GPU only, once per task."""
+    def _after_step(self, out, cursor: TaskCursor, opt, scaler) -> None:
+        """Logging on log steps; a checkpoint every --checkpoint-every steps or on a signal."""
+        log_step = self.step % self.cfg.log.log_every == 0
+        if log_step:
+            self.guard.check()
+            self._log_step(out, cursor.task, cursor.epoch)
+            self.timer.reset()
+        every = self.cfg.runtime.checkpoint_every
+        stop = self._should_stop(log_step)
+        if (every and self.step % every == 0) or stop:
+            folder = self.save_checkpoint(cursor.position().to_dict(), opt, scaler)
+            if stop:
+                raise Interrupted(self.stop_signal or signal.SIGTERM, folder, self.run_path)
+
+    def measure_flops(self, batch: Batch) -> None:
+        """FLOPs of one training step (forward + backward) of ``batch``'s task, for MFU; counted
+        once per task on a dry run through the method's own top: eager (compiled code would hide
+        its ops from the counter) and without DDP's gradient synchronisation."""
 
         def step():
             with self.precision.autocast(self.device):
                 out = self.method.loss(batch)
             out.loss.backward()
 
-        top = self.method.top
-        self.method.top = TrainableTop(self.net)  # eager and unsynchronised: a dry run
+        no_sync = self.top.no_sync() if isinstance(self.top, DDP) else contextlib.nullcontext()
         try:
-            self.flops_per_step[batch.task] = count_flops(step)
+            with torch.compiler.set_stance("force_eager"), no_sync:
+                self.flops_per_step[batch.task] = count_flops(step)
         finally:
-            self.method.top = top
             self.net.zero_grad(set_to_none=True)
+            for p in self.method.outside_parameters():
+                p.grad = None
+        self.timer.reset()
 
-    def _start_task(self, t: int):
-        """begin_task, a fresh optimizer (as the released code), and the resume position."""
-        cfg, method = self.cfg, self.method
+    def _start_task(self, t: int) -> tuple[torch.optim.Optimizer, object, TaskCursor]:
+        """begin_task, a fresh optimizer (as the released code), and where in the task to start."""
+        method, epochs = self.method, self.cfg.optim.epochs
         self.net.train()
         scaler = self.precision.scaler(self.device)
-        epoch, skip, epoch_gen = 0, 0, None
         state, self.resumed = self.resumed, None
-        if state is not None:
-            pos = state["position"]
-            if pos["batch"] == 0:
-                # At a task boundary the saved method state is the previous task's final one:
-                # load it first, then begin_task builds this task's state from it.
-                method.load_state_dict(state["method"])
-                method.begin_task(t)
-            else:
-                # Inside a task: begin_task ran before the checkpoint; its products (the old
-                # model's snapshot, ...) are in the saved state, which therefore wins.
-                method.begin_task(t)
-                method.load_state_dict(state["method"])
-            opt = make_optimizer(method.parameters(), cfg.optim)
-            if pos["batch"] > 0:
-                opt.load_state_dict(state["optimizer"])
-                if scaler is not None and state["scaler"] is not None:
-                    scaler.load_state_dict(state["scaler"])
-            epoch, skip, epoch_gen = pos["epoch"], pos["batch"], pos.get("epoch_generator")
-            ckpt.restore_rng(state["rng"], {"shuffle": self.shuffle})
-        else:
+        if state is None:
             method.begin_task(t)
-            opt = make_optimizer(method.parameters(), cfg.optim)
-        return opt, scaler, epoch, skip, epoch_gen, state
+            return make_optimizer(method.parameters(), self.cfg.optim), scaler, TaskCursor(t, epochs, self.shuffle)
+        pos = StreamPosition.from_dict(state["position"])
+        if pos.batch == 0:
+            # At a task boundary the saved method state is the previous task's final one:
+            # load it first, then begin_task builds this task's state from it.
+            method.load_state_dict(state["method"])
+            method.begin_task(t)
+        else:
+            # Inside a task: begin_task ran before the checkpoint; its products (the old
+            # model's snapshot, ...) are in the saved state, which therefore wins.
+            method.begin_task(t)
+            method.load_state_dict(state["method"])
+        opt = make_optimizer(method.parameters(), self.cfg.optim)
+        if pos.batch > 0:
+            opt.load_state_dict(state["optimizer"])
+            if scaler is not None and state["scaler"] is not None:
+                scaler.load_state_dict(state["scaler"])
+        ckpt.restore_rng(state["rng"], {"shuffle": self.shuffle})
+        return opt, scaler, TaskCursor(t, epochs, self.shuffle, pos, state["rng"])
 
-    def train_task(self, t: int) -> None:
-        cfg, method = self.cfg, self.method
-        opt, scaler, first_epoch, skip, epoch_gen, resumed = self._start_task(t)
-        per_epoch = method.num_train_batches(t, cfg.data.batch_size)
-        bar = tqdm(total=per_epoch * cfg.optim.epochs, initial=first_epoch * per_epoch + skip,
-                   desc=f"task {t + 1}/{self.stream.n_tasks}", disable=not self.progress, leave=False)
-        timer = StepTimer()
-        peak = peak_flops(self.device, self.precision.name)
-        every = cfg.runtime.checkpoint_every
-        for epoch in range(first_epoch, cfg.optim.epochs):
-            done = 0
-            if skip:
-                # Replay this epoch's draw: the shuffling generator as it was at the epoch's
-                # start, the finished batches drawn and dropped, then every RNG as checkpointed.
-                self.shuffle.set_state(epoch_gen)
-                batches = self._batch_iter(t, skip)
-                ckpt.restore_rng(resumed["rng"], {"shuffle": self.shuffle})
-                done, skip = resumed["position"]["batch"], 0
-            else:
-                epoch_gen = self.shuffle.get_state()
-                batches = self._batch_iter(t)
-            for batch, data_s in batches:
-                if peak is not None and t not in self.flops_per_step:
-                    self._measure_flops(batch)
-                    timer.reset()
-                timer.data(data_s)
-                out = self._train_step(opt, scaler, batch)
-                self.step += 1
-                done += 1
-                self.images += batch.y.shape[0] * distributed.world_size()
-                timer.step(batch.y.shape[0] * distributed.world_size())
-                bar.update()
-                log_step = self.step % cfg.log.log_every == 0
-                if log_step:
-                    self.guard.check()
-                    self._log_step(out, t, epoch, timer, peak)
-                    timer.reset()
-                ckpt_step = every and self.step % every == 0
-                stop = self._should_stop(log_step)
-                if ckpt_step or stop:
-                    folder = self.save_checkpoint(
-                        {"task": t, "epoch": epoch, "batch": done, "epoch_generator": epoch_gen},
-                        opt, scaler)
-                    if stop:
-                        bar.close()
-                        raise Interrupted(self.stop_signal or signal.SIGTERM, folder, self.run_path)
-        bar.close()
-        self.guard.check(" (found at the end of the task)")
-        method.end_task(t)
-
-    def _log_step(self, out, t, epoch, timer, peak) -> None:
+    def _log_step(self, out, t, epoch) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)  # honest timings
         # Host sync, on log steps only.
         rec = {k: v.detach().float().item() for k, v in out.terms.items()}
         rec["loss/total"] = out.loss.detach().float().item()
-        rec.update(timer.summary())
+        rec.update(self.timer.summary())
         rec.update({"step": self.step, "task": t, "epoch": epoch,
                     "memory/peak_mb": peak_memory_mb(self.device)})
-        if peak is not None and t in self.flops_per_step:
+        if self.peak is not None and t in self.flops_per_step:
             # flops were counted for one rank's step; every rank does the same work.
-            rec["perf/mfu"] = self.flops_per_step[t] * rec["throughput/steps_s"] / peak
+            rec["perf/mfu"] = self.flops_per_step[t] * rec["throughput/steps_s"] / self.peak
         self.log(rec)
 
     # ------------------------------------------------------------------ main loop
@@ -453,7 +443,7 @@ class Trainer:
             _restore_signal_handlers(handlers)
         results = self._results(time.perf_counter() - t_start)
         results["complete"] = True
-        results["weights_sha256"] = distributed.state_hash(self.net)
+        results["weights_sha256"] = self.weights_hash()
         if self.run is not None:
             self.run.write_json("results.json", results)
             matrices = {"class-IL": self.acc_c}
@@ -478,7 +468,7 @@ class Trainer:
         if self.report_task_il:
             rec.update({"cl/acc_task_il": float(np.mean(til)), "cl/acc_task_il_per_task": til})
         if distributed.is_initialized():
-            hashes = distributed.gather_objects(distributed.state_hash(self.net))
+            hashes = distributed.gather_objects(self.weights_hash())
             rec["ddp/weight_hashes"] = hashes
             rec["ddp/weights_in_sync"] = len(set(hashes)) == 1
             if not rec["ddp/weights_in_sync"]:
@@ -514,8 +504,6 @@ class Trainer:
 
 def _install_signal_handlers(handler) -> dict:
     """SIGTERM / SIGINT -> checkpoint and a clean exit (only possible in the main thread)."""
-    import threading
-
     if threading.current_thread() is not threading.main_thread():
         return {}
     old = {}

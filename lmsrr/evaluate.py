@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 
 from lmsrr import distributed
 from lmsrr.data.augment import to_float
+from lmsrr.methods.base import ContinualMethod
 
 log = logging.getLogger("lmsrr")
 
@@ -43,8 +44,6 @@ def evaluate_seen_tasks(method, stream, last_task: int, device, batch_size: int 
                         progress: bool = True, cache: PrefixCache | None = None
                         ) -> tuple[list[float], list[float]]:
     """Return (class-IL accuracies, task-IL accuracies) in %, one per task 0..last_task."""
-    from lmsrr.methods.base import ContinualMethod
-
     # A method that overrides predict() may not be a function of the prefix outputs.
     if type(method).predict is not ContinualMethod.predict:
         cache = None

@@ -44,14 +44,14 @@ def released_forward(net, x, returnt="out"):
     return net.classifier(released_msidf(net.fusion, x))
 
 
-def released_loss(net, old_net, task, x, y, buf_x, buf_logits, noise, alpha, beta):
+def released_loss(net, old_net, switch, task, x, y, buf_x, buf_logits, noise, alpha, beta):
     outputs = released_forward(net, x)
     total = F.cross_entropy(outputs, y)
     if task > 0:
         features = released_forward(net, x, "feature")
         old_features = released_forward(old_net, x, "feature")
         feature_loss, layer_count = 0.0, 0.0
-        sw = net.switch
+        sw = switch
         for s, (prev_src, cur_src) in enumerate(zip(old_features, features)):
             for l, (prev, cur) in enumerate(zip(prev_src, cur_src)):
                 p = torch.softmax((sw.logits[s, l] + noise[s, l]) / sw.tau, dim=-1)[0]

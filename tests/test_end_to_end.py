@@ -38,9 +38,9 @@ def test_preset_reproduces_the_released_recipe():
     assert cfg.data.stream == "seq-cifar100" and cfg.data.batch_size == 32
     assert (cfg.optim.optimizer, cfg.optim.lr, cfg.optim.epochs) == ("sgd", 0.03, 1)
     m = cfg.method
-    assert (m.alpha, m.beta, m.buffer_size, m.replay_batch_size) == (0.3, 0.2, 500, 32)
+    assert (m.own.alpha, m.own.beta, m.buffer_size, m.replay_batch_size) == (0.3, 0.2, 500, 32)
     cfg10 = config_from_args(build_parser().parse_args(["--preset", "cifar10", "--lr", "0.1"]))
-    assert cfg10.method.alpha == 0.1 and cfg10.optim.lr == 0.1  # explicit flags win
+    assert cfg10.method.own.alpha == 0.1 and cfg10.optim.lr == 0.1  # explicit flags win
 
 
 def test_every_flag_has_help():

@@ -10,9 +10,18 @@ from lmsrr.models import build_net
 from lmsrr.released import released_loss
 
 
-def _grads(net):
-    return {n: (None if p.grad is None else p.grad.clone()) for n, p in net.named_parameters()
-            if p.requires_grad}
+def _grads(net, method):
+    """Every trained parameter's gradient: the network's and the method's own (the switch)."""
+    grads = {n: (None if p.grad is None else p.grad.clone()) for n, p in net.named_parameters()
+             if p.requires_grad}
+    for n, p in method.switch.named_parameters():
+        grads[f"switch.{n}"] = None if p.grad is None else p.grad.clone()
+    return grads
+
+
+def _zero_grads(net, method):
+    net.zero_grad()
+    method.switch.zero_grad()
 
 
 @pytest.mark.parametrize("variant", ["reference", "attention"])
@@ -21,7 +30,7 @@ def _grads(net):
 def test_loss_and_gradients_match_released_step(tiny_cfg, variant, task, shared_forward):
     cfg = tiny_cfg.replace(model={"msidf": variant}, method={"alpha": 0.3, "beta": 0.2})
     stream = build_stream(cfg.data)
-    net = build_net(cfg.model, cfg.method, stream.n_classes)
+    net = build_net(cfg.model, stream.n_classes)
     # Move the weights away from initialisation so attention and mixing are not uniform.
     with torch.no_grad():
         for p in net.parameters():
@@ -49,18 +58,18 @@ def test_loss_and_gradients_match_released_step(tiny_cfg, variant, task, shared_
     x = stream.augment(x_u8)
     buf_x = stream.augment(stream.task(0).train_x[:9])
     buf_logits = torch.randn(9, stream.n_classes)
-    noise = net.switch.sample_noise()
+    noise = method.switch.sample_noise()
     method._replay_inputs = lambda: (buf_x, buf_logits)
 
     ours = method.loss(Batch(x=x_u8, x_aug=x, y=y, task=task), noise=noise).loss
-    net.zero_grad()
+    _zero_grads(net, method)
     ours.backward()
-    g_ours = _grads(net)
+    g_ours = _grads(net, method)
 
-    ref = released_loss(net, old_net, task, x, y, buf_x, buf_logits, noise, 0.3, 0.2)
-    net.zero_grad()
+    ref = released_loss(net, old_net, method.switch, task, x, y, buf_x, buf_logits, noise, 0.3, 0.2)
+    _zero_grads(net, method)
     ref.backward()
-    g_ref = _grads(net)
+    g_ref = _grads(net, method)
 
     assert torch.allclose(ours, ref, atol=1e-5, rtol=0), (ours.item(), ref.item())
     assert g_ours.keys() == g_ref.keys()

@@ -158,12 +158,6 @@ class ResizedCropAugment:
         flips = (_rand(n, generator, device) < 0.5) if self.flip else torch.zeros(n, dtype=torch.bool, device=device)
         return torch.stack([top, left, ch, cw], 1), flips
 
-    def apply_one(self, img: torch.Tensor, window, flip: bool) -> torch.Tensor:
-        """One decoded (C, H, W) uint8 image -> its augmented size x size view (torch loader)."""
-        top, left, ch, cw = (int(v) for v in window)
-        out = resize_u8(img[:, top:top + ch, left:left + cw], (self.size, self.size))
-        return out.flip(-1) if flip else out
-
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Replay: uint8 (B, C, S, S) stored views -> augmented float batch in [0, 1], batched on
         x's device (torchvision's roi_align samples each window onto the output grid)."""

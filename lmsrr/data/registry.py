@@ -23,7 +23,7 @@ def available_streams() -> list[str]:
     return sorted(_BUILDERS)
 
 
-def build_stream(data_cfg, seed: int = 0):
+def build_stream(data_cfg):
     """Build the stream named by ``data_cfg.stream`` (a :class:`ContinualStream`)."""
     name = data_cfg.stream
     if name not in _BUILDERS:

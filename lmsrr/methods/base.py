@@ -35,15 +35,21 @@ class ContinualMethod:
 
     def __init__(self, cfg, net: nn.Module, stream, device: torch.device):
         self.cfg = cfg
+        self.options = cfg.method.options.get(self.name)  # this method's Options (None: none)
         self.net = net
         self.stream = stream
         self.device = device
         self.task = 0
-        # Training forwards through the trainable blocks, fusion and head must go through
-        # self.top(*groups) (see TrainableTop): the engine swaps in its compiled / DDP-wrapped
-        # version, so gradients are synchronised across ranks. Evaluation may use self.net.
+        # Training forwards through the trainable blocks, fusion and head go through
+        # self.top(*groups) (see TrainableTop). The engine binds its compiled / DDP-wrapped
+        # version once (bind_top), so gradients are synchronised across ranks; until then (tests,
+        # tools) the plain module serves. Evaluation may use self.net.
         self.top = TrainableTop(net)
         type(self).check_config(cfg, stream)
+
+    def bind_top(self, top: nn.Module) -> None:
+        """The module the training forwards go through from now on (called once by the engine)."""
+        self.top = top
 
     @classmethod
     def check_config(cls, cfg, stream) -> None:
@@ -52,8 +58,14 @@ class ContinualMethod:
         ``lmsrr-compare`` runs it for every method before the first one trains."""
 
     def parameters(self) -> list[nn.Parameter]:
-        """Parameters the optimizer updates."""
-        return [p for p in self.net.parameters() if p.requires_grad]
+        """Parameters the optimizer updates: the network's trainable ones, then the method's own."""
+        return [p for p in self.net.parameters() if p.requires_grad] + self.outside_parameters()
+
+    def outside_parameters(self) -> list[nn.Parameter]:
+        """Trainable parameters the method owns outside the network, used outside the engine's
+        compiled / DDP-wrapped forward. The engine averages their gradients across ranks itself
+        (DDP's reducer cannot see them) and checkpoints them with the method's state."""
+        return []
 
     def begin_task(self, task: int) -> None:
         self.task = task

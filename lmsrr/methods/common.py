@@ -2,8 +2,7 @@
 groups, replay memories with clear start-up errors, feature encoding.
 
 Every baseline runs on the same network as LMSRR (sources, MSIDF fusion, classifier), so a
-comparison differs only in the method. The ARO switch vector belongs to LMSRR's distillation;
-baselines leave it out of the optimizer.
+comparison differs only in the method. Methods own whatever else they train (LMSRR: its switch vector).
 """
 from __future__ import annotations
 
@@ -13,17 +12,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lmsrr import distributed
 from lmsrr.buffer import ReservoirBuffer, make_buffer
 from lmsrr.data.augment import to_float
 from lmsrr.errors import ConfigError
 from lmsrr.methods.base import ContinualMethod
-
-
-def trained_parameters(net: nn.Module) -> list[nn.Parameter]:
-    """The trainable parameters of the network except the ARO switch vector (LMSRR's only)."""
-    switch = {id(p) for p in net.switch.parameters()}
-    return [p for p in net.parameters() if p.requires_grad and id(p) not in switch]
 
 
 def require_buffer(cfg, method: str) -> None:
@@ -35,12 +27,7 @@ def require_buffer(cfg, method: str) -> None:
 def replay_buffer(cfg, stream, device, method: str) -> ReservoirBuffer:
     """This rank's reservoir (``--buffer-size`` slots split across DDP ranks)."""
     require_buffer(cfg, method)
-    buf = make_buffer(cfg.method.buffer_size, stream, device)
-    if buf is None:  # fewer slots than ranks: some rank would replay nothing
-        raise ConfigError(f"method {method!r}: --buffer-size {cfg.method.buffer_size} is smaller "
-                          f"than the number of ranks ({distributed.world_size()}); every rank needs "
-                          f"at least one slot")
-    return buf
+    return make_buffer(cfg.method.buffer_size, stream, device, method)
 
 
 def require_class_il(stream, method: str) -> None:
@@ -84,11 +71,7 @@ def encode(net, batches) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class Baseline(ContinualMethod):
-    """A method on LMSRR's network that trains everything LMSRR trains except the switch vector."""
-
-    def parameters(self) -> list[nn.Parameter]:
-        return trained_parameters(self.net)
-
+    """A method on LMSRR's network that trains its blocks, fusion and classifier."""
     def forward_groups(self, groups: list[torch.Tensor]) -> list[torch.Tensor]:
         """Training logits of each input group, through the engine's (compiled / DDP) top in one
         call. The groups share one forward when no trainable layer keeps batch statistics (the

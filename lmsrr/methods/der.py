@@ -7,18 +7,32 @@ in the step that inserted it (before that step's update); replayed inputs are au
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch.nn.functional as F
 
+from lmsrr.fields import check, option, validate
 from lmsrr.methods.base import Batch, StepOutput
 from lmsrr.methods.common import ReplayMethod
 from lmsrr.methods.registry import register_method
 
 
+@dataclass
+class DEROptions:
+    alpha: float = option(0.5, "der: weight of the logit-replay MSE (the DER paper's alpha)")
+
+    def __post_init__(self):
+        validate(self)
+        check(self.alpha >= 0, f"der alpha must be >= 0, got {self.alpha}")
+
+
 @register_method("der")
 class DER(ReplayMethod):
+    Options = DEROptions
+
     def __init__(self, cfg, net, stream, device):
         super().__init__(cfg, net, stream, device)
-        self.alpha = cfg.method.der_alpha
+        self.alpha = self.options.alpha
 
     def loss(self, batch: Batch) -> StepOutput:
         if self.buffer.is_empty():

@@ -8,18 +8,34 @@ with its label and the logits of the step that inserted it.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch.nn.functional as F
 
+from lmsrr.fields import check, option, validate
 from lmsrr.methods.base import Batch, StepOutput
 from lmsrr.methods.der import DER
 from lmsrr.methods.registry import register_method
 
 
+@dataclass
+class DERppOptions:
+    alpha: float = option(0.5, "derpp: weight of the logit-replay MSE (the DER++ paper's alpha)")
+    beta: float = option(0.5, "derpp: weight of the label-replay cross-entropy (the DER++ paper's beta)")
+
+    def __post_init__(self):
+        validate(self)
+        check(self.alpha >= 0, f"derpp alpha must be >= 0, got {self.alpha}")
+        check(self.beta >= 0, f"derpp beta must be >= 0, got {self.beta}")
+
+
 @register_method("derpp")
 class DERpp(DER):
+    Options = DERppOptions
+
     def __init__(self, cfg, net, stream, device):
         super().__init__(cfg, net, stream, device)
-        self.alpha, self.beta = cfg.method.derpp_alpha, cfg.method.derpp_beta
+        self.alpha, self.beta = self.options.alpha, self.options.beta
 
     def loss(self, batch: Batch) -> StepOutput:
         if self.buffer.is_empty():

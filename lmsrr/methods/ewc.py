@@ -13,13 +13,16 @@ from __future__ import annotations
 
 import contextlib
 import warnings
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch.func import functional_call, grad, vmap
 
+import kernels.dispatch as dispatch
 from lmsrr import distributed
 from lmsrr.data.augment import to_float
+from lmsrr.fields import check, option, validate
 from lmsrr.methods.base import Batch, StepOutput
 from lmsrr.methods.common import eval_mode
 from lmsrr.methods.finetune import Finetune
@@ -30,8 +33,6 @@ from lmsrr.models.net import TrainableTop
 @contextlib.contextmanager
 def reference_kernels():
     """Run the fused ops through their PyTorch references (vmap cannot batch a Triton launch)."""
-    import kernels.dispatch as dispatch
-
     previous = dispatch._override  # restore exactly what was set, including "no override"
     dispatch.set_backend("torch")
     try:
@@ -65,11 +66,25 @@ def per_sample_sq_grads(net, params: dict[str, torch.Tensor], batches
     return total, count
 
 
+@dataclass
+class EWCOptions:
+    lambda_: float = option(10.0, "ewc: weight of the penalty (lambda/2) * sum F (theta - theta*)^2; "
+                            "plain SGD diverges once lr * lambda * max F exceeds 2", flag="--ewc-lambda")
+    gamma: float = option(1.0, "ewc: online EWC decay of the accumulated Fisher at each task end (1 = none)")
+
+    def __post_init__(self):
+        validate(self)
+        check(self.lambda_ >= 0, f"ewc lambda must be >= 0, got {self.lambda_}")
+        check(0 <= self.gamma <= 1, f"ewc gamma must be in [0, 1], got {self.gamma}")
+
+
 @register_method("ewc")
 class EWC(Finetune):
+    Options = EWCOptions
+
     def __init__(self, cfg, net, stream, device):
         super().__init__(cfg, net, stream, device)
-        self.lam, self.gamma = cfg.method.ewc_lambda, cfg.method.ewc_gamma
+        self.lam, self.gamma = self.options.lambda_, self.options.gamma
         self.eval_batch = cfg.data.eval_batch_size
         self._params = self.parameters()
         self.fisher: list[torch.Tensor] | None = None

@@ -11,23 +11,57 @@ stream and replay inputs in a single batch when no trainable layer keeps batch s
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 import kernels.distill
 from lmsrr.buffer import make_buffer
+from lmsrr.fields import check, option, validate
 from lmsrr.methods.base import Batch, ContinualMethod, StepOutput
 from lmsrr.methods.registry import register_method
+from lmsrr.models.aro import SwitchVector
+
+
+@dataclass
+class LMSRROptions:
+    alpha: float = option(0.3, "weight of the ARO-weighted multi-level distillation term", flag="--alpha")
+    beta: float = option(0.5, "weight of the logit-replay (DER) term", flag="--beta")
+    tau: float = option(0.1, "Gumbel-softmax temperature of the ARO switch vector", flag="--tau")
+    hard_switch: bool = option(False, "use straight-through hard Gumbel samples for the switch vector",
+                               flag="--hard-switch")
+
+    def __post_init__(self):
+        validate(self)
+        check(self.alpha >= 0, f"alpha must be >= 0, got {self.alpha}")
+        check(self.beta >= 0, f"beta must be >= 0, got {self.beta}")
+        check(self.tau > 0, f"tau must be > 0, got {self.tau}")
 
 
 @register_method("lmsrr")
 class LMSRR(ContinualMethod):
+    Options = LMSRROptions
+
     def __init__(self, cfg, net, stream, device):
         super().__init__(cfg, net, stream, device)
-        m = cfg.method
-        self.alpha, self.beta, self.replay_batch = m.alpha, m.beta, m.replay_batch_size
-        self.buffer = make_buffer(m.buffer_size, stream, device)
+        opts = self.options
+        # The ARO switch vector: one gate per (source, trainable level). It weights the
+        # distillation, which the engine computes outside the compiled top, so it lives here and
+        # not in the network. Drawn first, right after the network (its initial values depend on
+        # the random stream's position).
+        n_levels = len(net.sources[0].blocks)
+        self.switch = SwitchVector(len(net.sources), n_levels, tau=opts.tau,
+                                   hard=opts.hard_switch).to(device)
+        self.alpha, self.beta = opts.alpha, opts.beta
+        self.replay_batch = cfg.method.replay_batch_size
+        size = cfg.method.buffer_size
+        self.buffer = make_buffer(size, stream, device, self.name) if size > 0 else None
         self.old_blocks = None
+
+    def outside_parameters(self) -> list[nn.Parameter]:
+        return list(self.switch.parameters())
 
     def begin_task(self, task: int) -> None:
         super().begin_task(task)
@@ -65,7 +99,7 @@ class LMSRR(ContinualMethod):
             z_stream = [z[:n] for z in zs] if shared else zs
             with torch.no_grad():
                 old_hs = net.top_hiddens(z_stream, self.old_blocks)
-            p = net.switch(noise).flatten()
+            p = self.switch(noise).flatten()
             cur = [h[:n] if shared else h for hs_s in hs for h in hs_s]
             old = [h for hs_s in old_hs for h in hs_s]
             terms["loss/distill"] = kernels.distill.distill_loss(old, cur, p)
@@ -83,10 +117,12 @@ class LMSRR(ContinualMethod):
             self.buffer.add(batch.x, batch.y, out.logits.detach(), batch.task)
 
     def state_dict(self) -> dict:
-        return {"buffer": self.buffer.state_dict() if self.buffer else None,
+        return {"switch": self.switch.state_dict(),
+                "buffer": self.buffer.state_dict() if self.buffer else None,
                 "old_blocks": self.old_blocks.state_dict() if self.old_blocks is not None else None}
 
     def load_state_dict(self, state: dict) -> None:
+        self.switch.load_state_dict(state["switch"])
         if self.buffer is not None:
             self.buffer.load_state_dict(state["buffer"])
         if state["old_blocks"] is None:

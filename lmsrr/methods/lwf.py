@@ -10,19 +10,35 @@ model's outputs on the same augmented inputs. No warm-up of the new head, no sto
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
+from lmsrr.fields import check, option, validate
 from lmsrr.methods.base import Batch, StepOutput
 from lmsrr.methods.common import Baseline, soft_cross_entropy
 from lmsrr.methods.registry import register_method
 
 
+@dataclass
+class LwFOptions:
+    alpha: float = option(1.0, "lwf: weight of the distillation from the previous model's outputs")
+    temperature: float = option(2.0, "lwf: softmax temperature of the distillation")
+
+    def __post_init__(self):
+        validate(self)
+        check(self.alpha >= 0, f"lwf alpha must be >= 0, got {self.alpha}")
+        check(self.temperature > 0, f"lwf temperature must be > 0, got {self.temperature}")
+
+
 @register_method("lwf")
 class LwF(Baseline):
+    Options = LwFOptions
+
     def __init__(self, cfg, net, stream, device):
         super().__init__(cfg, net, stream, device)
-        self.alpha, self.temperature = cfg.method.lwf_alpha, cfg.method.lwf_temperature
+        self.alpha, self.temperature = self.options.alpha, self.options.temperature
         self.old = None
 
     def begin_task(self, task: int) -> None:

@@ -11,18 +11,35 @@ device (no host syncs). Under DDP g is the already averaged gradient, identical 
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
+from lmsrr.fields import check, option, validate
 from lmsrr.methods.base import Batch, StepOutput
 from lmsrr.methods.finetune import Finetune
 from lmsrr.methods.registry import register_method
 
 
+@dataclass
+class SIOptions:
+    c: float = option(5.0, "si: weight c of the penalty c * sum Omega (theta - theta*)^2; plain SGD "
+                      "diverges once 2 * lr * c * max Omega exceeds 2")
+    xi: float = option(1.0, "si: damping xi of the importance Omega = w / ((delta theta)^2 + xi)")
+
+    def __post_init__(self):
+        validate(self)
+        check(self.c >= 0, f"si c must be >= 0, got {self.c}")
+        check(self.xi > 0, f"si xi must be > 0, got {self.xi}")
+
+
 @register_method("si")
 class SI(Finetune):
+    Options = SIOptions
+
     def __init__(self, cfg, net, stream, device):
         super().__init__(cfg, net, stream, device)
-        self.c, self.xi = cfg.method.si_c, cfg.method.si_xi
+        self.c, self.xi = self.options.c, self.options.xi
         self._params = self.parameters()
         self.omega = [torch.zeros_like(p) for p in self._params]
         self.w = [torch.zeros_like(p) for p in self._params]

@@ -1,4 +1,5 @@
-"""The LMSRR network: sources -> MSIDF -> linear classifier, with the ARO switch vector.
+"""The LMSRR network: sources -> MSIDF -> linear classifier (the ARO switch vector belongs to the
+method, :mod:`lmsrr.methods.lmsrr`).
 
 The forward is split so a training step can share work:
 
@@ -16,7 +17,8 @@ import copy
 import torch
 import torch.nn as nn
 
-from lmsrr.models.aro import SwitchVector
+from lmsrr.errors import ConfigError
+
 from lmsrr.models.msidf import MSIDF
 from lmsrr.models.source import Source, parse_sources
 
@@ -25,16 +27,13 @@ Hiddens = list[list[torch.Tensor]]  # [source][level]
 
 class LMSRRNet(nn.Module):
     def __init__(self, sources: list[Source], n_classes: int, kernel_sizes=(3, 5),
-                 variant: str = "attention", fusion_dim: int = 0, tau: float = 0.1,
-                 hard_switch: bool = False):
+                 variant: str = "attention", fusion_dim: int = 0):
         super().__init__()
         self.sources = nn.ModuleList(sources)
         widths = [s.width for s in sources]
         dim = fusion_dim or max(widths)
         self.fusion = MSIDF(widths, dim, kernel_sizes, variant)
         self.classifier = nn.Linear(dim, n_classes)
-        n_levels = len(sources[0].blocks)
-        self.switch = SwitchVector(len(sources), n_levels, tau=tau, hard=hard_switch)
         # Stream and replay inputs may share one forward only if no trainable layer keeps
         # batch statistics (BatchNorm would see a different batch than the released code's).
         self.has_batch_stats = any(s.has_batch_stats for s in sources)
@@ -105,17 +104,15 @@ class TrainableTop(nn.Module):
         return tuple(self.net.top(zs) for zs in groups)
 
 
-def build_net(model_cfg, method_cfg, n_classes: int) -> LMSRRNet:
+def build_net(model_cfg, n_classes: int) -> LMSRRNet:
     specs = parse_sources(model_cfg.sources)
     weights = _weights_per_source(model_cfg.pretrained, len(specs))
     sources = [Source(spec, model_cfg.trainable_blocks, w) for spec, w in zip(specs, weights)]
     return LMSRRNet(sources, n_classes, model_cfg.kernel_sizes, model_cfg.msidf,
-                    model_cfg.fusion_dim, method_cfg.tau, method_cfg.hard_switch)
+                    model_cfg.fusion_dim)
 
 
 def _weights_per_source(pretrained: str, n: int) -> list[str]:
-    from lmsrr.errors import ConfigError
-
     if pretrained in ("none", "hub"):
         return [pretrained] * n
     files = [p.strip() for p in pretrained.split(",")]

@@ -32,7 +32,7 @@ def cub_method(data_root, name: str, loader: str = "torch"):
                            model={"sources": SOURCE, "trainable_blocks": 1},
                            method={"name": name, "buffer_size": 200})
     stream = build_stream(cfg.data)
-    net = build_net(cfg.model, cfg.method, stream.n_classes)
+    net = build_net(cfg.model, stream.n_classes)
     return build_method(cfg, net, stream, torch.device("cpu")), stream
 
 

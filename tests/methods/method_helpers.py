@@ -11,7 +11,7 @@ BASELINES = ["finetune", "joint", "er", "der", "derpp", "lwf", "icarl", "agem", 
 def make_method(cfg: Config, stream, name: str, **method):
     """A method of ``name`` on a fresh network (CPU), with MethodConfig overrides."""
     cfg = cfg.replace(method={"name": name, **method})
-    net = build_net(cfg.model, cfg.method, stream.n_classes)
+    net = build_net(cfg.model, stream.n_classes)
     net.train()
     return build_method(cfg, net, stream, torch.device("cpu"))
 
