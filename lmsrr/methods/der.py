@@ -23,7 +23,7 @@ class DEROptions:
 
     def __post_init__(self):
         validate(self)
-        check(self.alpha >= 0, f"der alpha must be >= 0, got {self.alpha}")
+        check(self.alpha >= 0, f"der_alpha must be >= 0, got {self.alpha}")
 
 
 @register_method("der")

@@ -25,8 +25,8 @@ class DERppOptions:
 
     def __post_init__(self):
         validate(self)
-        check(self.alpha >= 0, f"derpp alpha must be >= 0, got {self.alpha}")
-        check(self.beta >= 0, f"derpp beta must be >= 0, got {self.beta}")
+        check(self.alpha >= 0, f"derpp_alpha must be >= 0, got {self.alpha}")
+        check(self.beta >= 0, f"derpp_beta must be >= 0, got {self.beta}")
 
 
 @register_method("derpp")

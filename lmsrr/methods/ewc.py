@@ -74,8 +74,8 @@ class EWCOptions:
 
     def __post_init__(self):
         validate(self)
-        check(self.lambda_ >= 0, f"ewc lambda must be >= 0, got {self.lambda_}")
-        check(0 <= self.gamma <= 1, f"ewc gamma must be in [0, 1], got {self.gamma}")
+        check(self.lambda_ >= 0, f"ewc_lambda must be >= 0, got {self.lambda_}")
+        check(0 <= self.gamma <= 1, f"ewc_gamma must be in [0, 1], got {self.gamma}")
 
 
 @register_method("ewc")

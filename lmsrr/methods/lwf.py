@@ -28,8 +28,8 @@ class LwFOptions:
 
     def __post_init__(self):
         validate(self)
-        check(self.alpha >= 0, f"lwf alpha must be >= 0, got {self.alpha}")
-        check(self.temperature > 0, f"lwf temperature must be > 0, got {self.temperature}")
+        check(self.alpha >= 0, f"lwf_alpha must be >= 0, got {self.alpha}")
+        check(self.temperature > 0, f"lwf_temperature must be > 0, got {self.temperature}")
 
 
 @register_method("lwf")

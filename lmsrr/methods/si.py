@@ -29,8 +29,8 @@ class SIOptions:
 
     def __post_init__(self):
         validate(self)
-        check(self.c >= 0, f"si c must be >= 0, got {self.c}")
-        check(self.xi > 0, f"si xi must be > 0, got {self.xi}")
+        check(self.c >= 0, f"si_c must be >= 0, got {self.c}")
+        check(self.xi > 0, f"si_xi must be > 0, got {self.xi}")
 
 
 @register_method("si")
