@@ -2,7 +2,7 @@
 groups, replay memories with clear start-up errors, feature encoding.
 
 Every baseline runs on the same network as LMSRR (sources, MSIDF fusion, classifier), so a
-comparison differs only in the method. Methods own whatever else they train (LMSRR: its switch vector).
+comparison differs only in the method.
 """
 from __future__ import annotations
 
