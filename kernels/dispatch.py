@@ -36,7 +36,7 @@ def get_backend() -> str:
     return name
 
 
-def _triton_available() -> bool:
+def triton_available() -> bool:
     try:
         import triton  # noqa: F401
     except Exception:  # triton missing or broken: the reference still works
@@ -57,7 +57,7 @@ def resolve(op: str, example: torch.Tensor, has_triton_impl: bool) -> str:
         choice, reason = "torch", "no Triton implementation"
     elif example.device.type != "cuda":
         choice, reason = "torch", f"tensors on {example.device.type}"
-    elif not _triton_available():
+    elif not triton_available():
         choice, reason = "torch", "triton is not importable"
     else:
         choice, reason = "triton", "CUDA tensors"

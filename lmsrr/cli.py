@@ -24,8 +24,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train LMSRR (or another registered method) on a continual stream and write "
         "the accuracy matrix, forgetting and backward transfer to a run directory.",
     )
-    p.add_argument("--preset", choices=sorted(PRESETS),
-                   help="start from a recipe of the released code (flags given explicitly win)")
+    p.add_argument("--preset", choices=sorted(PRESETS), metavar="PRESET",
+                   help=f"start from a recipe of the released code (flags given explicitly win); "
+                   f"one of: {', '.join(sorted(PRESETS))}")
     p.add_argument("--config", metavar="JSON",
                    help="start from a config.json written by an earlier run (flags given explicitly win)")
     p.add_argument("--print-config", action="store_true",

@@ -13,9 +13,10 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-# Importing the package registers every built-in method (and its options) before the tree below
-# collects them; the registry itself knows nothing of this module.
+# Importing the packages registers every built-in method (and its options) and stream before the
+# tree below collects them; the registries themselves know nothing of this module.
 import lmsrr.methods  # noqa: F401
+from lmsrr.data import available_streams
 from lmsrr.data.loaders import LOADERS
 from lmsrr.errors import ConfigError
 from lmsrr.fields import check as _check
@@ -35,7 +36,7 @@ PAPER_SOURCES = "vit_base_patch16_224.orig_in21k_ft_in1k,vit_base_patch16_224.or
 
 @dataclass
 class DataConfig:
-    stream: str = _f("seq-digits", "continual stream to train on (see the README for the list)")
+    stream: str = _f("seq-digits", f"continual stream to train on; one of: {', '.join(available_streams())}")
     data_root: str = _f("data", "folder holding the datasets in their standard layouts")
     download: bool = _f(False, "download missing datasets with torchvision's downloaders")
     class_order: str = _f(

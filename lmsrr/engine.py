@@ -21,6 +21,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm.auto import tqdm
 
+import kernels.dispatch
 from lmsrr import checkpoint as ckpt
 from lmsrr import distributed
 from lmsrr.config import Config
@@ -45,6 +46,23 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def check_kernel_backend(device: torch.device) -> None:
+    """A kernel backend forced through LMSRR_KERNEL_BACKEND must be able to run here."""
+    try:
+        requested = kernels.dispatch.get_backend()
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if requested != "triton":
+        return
+    if not kernels.dispatch.triton_available():
+        raise ConfigError("LMSRR_KERNEL_BACKEND=triton but triton does not import here; unset it "
+                          "(or use 'auto') to run the PyTorch references")
+    if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ConfigError(f"LMSRR_KERNEL_BACKEND=triton runs Triton kernels, which need CUDA tensors "
+                          f"(this run is on {device.type}); unset it or use 'auto', or set "
+                          f"TRITON_INTERPRET=1 to run them in Triton's interpreter (slow, for tests)")
 
 
 def make_optimizer(params, optim_cfg) -> torch.optim.Optimizer:
@@ -94,6 +112,7 @@ class Trainer:
             # backward pass, which x86 CPUs process ~20x slower; flushing them to zero costs
             # nothing measurable in accuracy (GPUs flush them in fast paths anyway).
             torch.set_flush_denormal(True)
+        check_kernel_backend(self.device)
         # Same seed on every rank: identical initial weights (DDP also broadcasts rank 0's).
         seed_everything(rt.seed)
         # Validate everything cheap before any heavy work: names, data on disk, options, output.

@@ -59,3 +59,26 @@ def test_non_numeric_flag_is_an_argparse_error(capsys):
     with pytest.raises(SystemExit) as e:
         main(["--lr", "fast"])
     assert e.value.code == 2 and "invalid float value" in capsys.readouterr().err
+
+
+def test_forcing_triton_kernels_on_cpu_is_a_clear_error(cli, tmp_path, monkeypatch):
+    monkeypatch.setenv("LMSRR_KERNEL_BACKEND", "triton")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    code, err = cli("--device", "cpu", "--out-dir", str(tmp_path))
+    assert code == 2 and "need CUDA tensors" in err and "TRITON_INTERPRET=1" in err
+    monkeypatch.setenv("LMSRR_KERNEL_BACKEND", "fastest")
+    code, err = cli("--device", "cpu", "--out-dir", str(tmp_path))
+    assert code == 2 and "'fastest' is not a kernel backend" in err
+
+
+def test_help_names_every_stream_method_and_preset(capsys):
+    from lmsrr.config import PRESETS
+    from lmsrr.data import available_streams
+    from lmsrr.methods import available_methods
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    for name in [*available_streams(), *available_methods(), *PRESETS]:
+        assert name.replace("-", "- ") in text or name in text, name
+    assert "(default: )" not in text
