@@ -17,6 +17,8 @@ from lmsrr.fields import flag_of, value_type
 from lmsrr.guard import NonFiniteError
 from lmsrr.methods.registry import method_option_fields, option_flag
 
+log = logging.getLogger("lmsrr")
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -83,7 +85,20 @@ def config_from_args(args: argparse.Namespace) -> Config:
         if "." in key:
             group, name = key.split(".", 1)
             d[group][name] = value
-    return Config.from_dict(d)
+    cfg = Config.from_dict(d)
+    if args.preset:
+        _log_preset_overrides(args.preset, cfg)
+    return cfg
+
+
+def _log_preset_overrides(preset: str, cfg: Config) -> None:
+    """A preset combined with other values is allowed (they win); say which recipe values moved."""
+    resolved = cfg.to_dict()
+    moved = [f"{group}.{name}={resolved[group][name]!r} (recipe: {value!r})"
+             for group, values in PRESETS[preset].items() for name, value in values.items()
+             if resolved[group][name] != value]
+    if moved:
+        log.info("--preset %s with overrides: %s", preset, ", ".join(moved))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -300,20 +300,29 @@ def _group_dict(group) -> dict:
 
 
 # Recipes of the released code (command/lmsrr_*.sh): SGD lr 0.03, batch 32, replay batch 32,
-# buffer 500, beta 0.2; alpha 0.1 on CIFAR-10 and 0.3 on CIFAR-100; one epoch.
-# The defaults are the default job (seq-digits, tiny random sources): more epochs and a larger
-# replay weight than the paper's recipes, which start from pre-trained weights.
-PRESETS: dict[str, dict[str, dict]] = {
-    "cifar10": {
-        "data": {"stream": "seq-cifar10", "batch_size": 32},
-        "model": {"sources": PAPER_SOURCES, "pretrained": "hub", "msidf": "reference"},
-        "method": {"alpha": 0.1, "beta": 0.2, "buffer_size": 500, "replay_batch_size": 32},
-        "optim": {"optimizer": "sgd", "lr": 0.03, "epochs": 1},
-    },
-    "cifar100": {
-        "data": {"stream": "seq-cifar100", "batch_size": 32},
-        "model": {"sources": PAPER_SOURCES, "pretrained": "hub", "msidf": "reference"},
-        "method": {"alpha": 0.3, "beta": 0.2, "buffer_size": 500, "replay_batch_size": 32},
-        "optim": {"optimizer": "sgd", "lr": 0.03, "epochs": 1},
-    },
+# buffer 500, beta 0.2 everywhere; alpha and epochs per dataset. The defaults are the default job
+# (seq-digits, tiny random sources): more epochs and a larger replay weight than the paper's
+# recipes, which start from pre-trained weights.
+RELEASED_RECIPES = {  # preset: (stream, alpha, epochs)
+    "cifar10": ("seq-cifar10", 0.1, 1),
+    "cifar100": ("seq-cifar100", 0.3, 1),
+    "tinyimg": ("seq-tinyimg", 0.1, 10),
+    "imagenet-r": ("seq-imagenet-r", 0.3, 10),
+    "cub200": ("seq-cub200", 0.3, 20),
+    "cars196": ("seq-cars196", 0.3, 20),
+    "rot-mnist": ("rot-mnist", 0.1, 1),
 }
+
+
+def _released_preset(stream: str, alpha: float, epochs: int) -> dict[str, dict]:
+    return {
+        "data": {"stream": stream, "batch_size": 32},
+        "model": {"sources": PAPER_SOURCES, "pretrained": "hub", "msidf": "reference"},
+        "method": {"name": "lmsrr", "alpha": alpha, "beta": 0.2, "buffer_size": 500,
+                   "replay_batch_size": 32},
+        "optim": {"optimizer": "sgd", "lr": 0.03, "epochs": epochs},
+    }
+
+
+PRESETS: dict[str, dict[str, dict]] = {name: _released_preset(*recipe)
+                                       for name, recipe in RELEASED_RECIPES.items()}
