@@ -18,6 +18,7 @@ setup(
         "scikit-learn",
         "matplotlib",
         "tqdm",
+        "safetensors",
     ],
     extras_require={
         "dev": ["pytest", "pytest-benchmark"],
@@ -25,5 +26,7 @@ setup(
         # NVIDIA DALI input pipelines (--loader dali; picked by --loader auto when installed).
         "dali": ["nvidia-dali-cuda130"],
     },
-    entry_points={"console_scripts": ["lmsrr-train=lmsrr.cli:main", "lmsrr-compare=lmsrr.compare:main"]},
+    entry_points={"console_scripts": ["lmsrr-train=lmsrr.cli:main", "lmsrr-compare=lmsrr.compare:main",
+                                      "lmsrr-eval=lmsrr.eval_cli:eval_main",
+                                      "lmsrr-export=lmsrr.eval_cli:export_main"]},
 )

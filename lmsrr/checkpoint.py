@@ -13,10 +13,10 @@ previous one used instead (with a warning).
 from __future__ import annotations
 
 import hashlib
-import random
 import io
 import logging
 import os
+import random
 import re
 import shutil
 import subprocess
@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from lmsrr import __version__
+from lmsrr.errors import UserError
 
 log = logging.getLogger("lmsrr.checkpoint")
 
@@ -157,3 +158,21 @@ def code_revision() -> str:
     except (OSError, subprocess.SubprocessError):
         pass
     return f"lmsrr {__version__}"
+
+
+def newest_complete(ckpt_root: str) -> str | None:
+    """The newest checkpoint folder with a COMPLETE marker (for reading rank 0's state)."""
+    for _, folder in reversed(_step_dirs(ckpt_root)):
+        if os.path.exists(os.path.join(folder, "COMPLETE")):
+            return folder
+    return None
+
+
+def read_rank0(folder: str) -> dict:
+    """Rank 0's verified state from one checkpoint folder (evaluation and export read only it:
+    the network is the same on every rank). Raises :class:`UserError` when it does not verify."""
+    path = os.path.join(folder, "rank0.pt")
+    try:
+        return _verified_load(path)
+    except (OSError, ValueError, RuntimeError, EOFError) as e:
+        raise UserError(f"checkpoint {folder} is unusable ({e})") from None

@@ -8,7 +8,6 @@ the uncompiled network serves evaluation and checkpoints), DDP under torchrun, t
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import random
@@ -32,7 +31,7 @@ from lmsrr.guard import NumericsGuard
 from lmsrr.methods import Batch, build_method
 from lmsrr.methods.registry import method_class
 from lmsrr.metrics import summarize
-from lmsrr.models import TrainableTop, build_net
+from lmsrr.models import TrainableTop, build_net, frozen_fingerprint, trainable_state
 from lmsrr.perf import StepTimer, count_flops, peak_flops, peak_memory_mb
 from lmsrr.position import StreamPosition, TaskCursor
 from lmsrr.precision import resolve_precision
@@ -199,21 +198,6 @@ class Trainer:
         return distributed.state_hash(weights)
 
     # ------------------------------------------------------------------ checkpoints
-    def _trainable_state(self) -> dict:
-        """Trainable parameters and all buffers; frozen weights are rebuilt from the config."""
-        trainable = {n for n, p in self.net.named_parameters() if p.requires_grad}
-        buffers = {n for n, _ in self.net.named_buffers()}
-        return {k: v.detach().clone() for k, v in self.net.state_dict().items()
-                if k in trainable or k in buffers}
-
-    def _frozen_fingerprint(self) -> str:
-        h = hashlib.sha256()
-        for n, p in self.net.named_parameters():
-            if not p.requires_grad:
-                h.update(n.encode())
-                h.update(p.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-        return h.hexdigest()
-
     def save_checkpoint(self, position: dict, opt=None, scaler=None) -> str:
         """All ranks call this together; returns the checkpoint folder."""
         self.guard.check(" (found before writing a checkpoint)")
@@ -222,8 +206,8 @@ class Trainer:
             "step": self.step,
             "images": self.images,
             "position": position,
-            "net": self._trainable_state(),
-            "frozen_fingerprint": self._frozen_fingerprint(),
+            "net": trainable_state(self.net),
+            "frozen_fingerprint": frozen_fingerprint(self.net),
             "method": self.method.state_dict(),
             "optimizer": opt.state_dict() if opt is not None else None,
             "scaler": scaler.state_dict() if scaler is not None else None,
@@ -257,7 +241,7 @@ class Trainer:
             log.info("no checkpoint in %s: starting from scratch", self.run_path)
             return
         state, folder = found
-        if state["frozen_fingerprint"] != self._frozen_fingerprint():
+        if state["frozen_fingerprint"] != frozen_fingerprint(self.net):
             raise UserError(f"checkpoint {folder} was written with different frozen source weights "
                             f"(other --sources, --pretrained or --seed); resume with the original flags")
         missing, unexpected = self.net.load_state_dict(state["net"], strict=False)

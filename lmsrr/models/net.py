@@ -13,6 +13,7 @@ so a new task changes no shapes.
 from __future__ import annotations
 
 import copy
+import hashlib
 
 import torch
 import torch.nn as nn
@@ -120,3 +121,21 @@ def _weights_per_source(pretrained: str, n: int) -> list[str]:
         raise ConfigError(f"--pretrained names {len(files)} weight file(s) for {n} source(s); "
                           f"give one per source, or 'none' / 'hub'")
     return files
+
+
+def trainable_state(net: nn.Module) -> dict[str, torch.Tensor]:
+    """Trainable parameters and all buffers: what training changes. Frozen weights are rebuilt
+    from the configuration instead (and checked with :func:`frozen_fingerprint`)."""
+    trainable = {n for n, p in net.named_parameters() if p.requires_grad}
+    buffers = {n for n, _ in net.named_buffers()}
+    return {k: v.detach().clone() for k, v in net.state_dict().items() if k in trainable or k in buffers}
+
+
+def frozen_fingerprint(net: nn.Module) -> str:
+    """SHA-256 of the frozen parameters: equal iff the frozen source weights are equal."""
+    h = hashlib.sha256()
+    for n, p in net.named_parameters():
+        if not p.requires_grad:
+            h.update(n.encode())
+            h.update(p.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
