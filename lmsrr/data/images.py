@@ -16,6 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 from tqdm.auto import tqdm
 
+from lmsrr.errors import DataError
+
 log = logging.getLogger("lmsrr.data")
 
 # What every decoder here reads (torchvision, DALI on the CPU and on the GPU).
@@ -76,6 +78,34 @@ def report_unreadable(stream_name: str, bad: list[tuple[str, str]]) -> None:
     lines = "\n".join(f"  {p} ({why})" for p, why in bad[:20])
     more = f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else ""
     log.warning("%s: skipped %d unreadable image file(s):\n%s%s", stream_name, len(bad), lines, more)
+
+
+def check_classes(name: str, items, offset: int, good: set[int], reasons: dict[str, str], n_classes: int,
+                  what: str, required: bool = True) -> None:
+    """Every class keeps at least one readable ``what`` image after the scan (``required``): a
+    class whose files are all unreadable would otherwise train on nothing without any sign of it.
+    For the test split (not ``required``) a class without readable images is a warning: one
+    unreadable file can be a small class's only test image, and its accuracy is then taken over
+    the other classes."""
+    listed: list[list[int]] = [[] for _ in range(n_classes)]
+    for i, (_, y) in enumerate(items):
+        if not 0 <= y < n_classes:
+            raise DataError(f"{name}: {items[i][0]} has label {y}, outside 0..{n_classes - 1}")
+        listed[y].append(i)
+    for c, idx in enumerate(listed):
+        if any(i + offset in good for i in idx):
+            continue
+        if not idx:
+            problem = f"class {c} has no {what} images"
+        else:
+            folders = {os.path.dirname(os.path.abspath(items[i][0])) for i in idx}
+            where = f"class folder {folders.pop()}" if len(folders) == 1 else f"class {c}"
+            first = items[idx[0]][0]
+            problem = (f"every {what} image of {where} is unreadable ({len(idx)} file(s); "
+                       f"{os.path.basename(first)}: {reasons.get(first, 'unreadable')})")
+        if required:
+            raise DataError(f"{name}: {problem}; replace them with readable images or re-extract the dataset")
+        log.warning("%s: %s; it is left out of the evaluation", name, problem)
 
 
 def _decode_to(path: str, size: int):
