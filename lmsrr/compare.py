@@ -27,6 +27,7 @@ import shlex
 import sys
 import time
 
+from lmsrr.data.registry import stream_label
 from lmsrr.errors import UserError
 
 log = logging.getLogger("lmsrr.compare")
@@ -357,7 +358,7 @@ def main(argv: list[str] | None = None, prog: str = "lmsrr-compare") -> int:
             print(json.dumps(cfg.to_dict(), indent=2))
             return 0
         out = args.out or os.path.join(cfg.log.out_dir,
-                                       f"compare-{cfg.data.stream}-{time.strftime('%Y%m%d-%H%M%S')}")
+                                       f"compare-{stream_label(cfg.data.stream)}-{time.strftime('%Y%m%d-%H%M%S')}")
         try:
             os.makedirs(out, exist_ok=True)
         except OSError as e:

@@ -143,14 +143,15 @@ def cars_items(root: str, download_hint: str = ""):
     return train, test
 
 
-def file_stream(name: str, train, test, n_tasks: int, per_task: int, data_cfg) -> ContinualStream:
+def scan_splits(name: str, train, test, n_classes: int, data_cfg) -> tuple[FileSplit, FileSplit, list[str]]:
+    """Scan every listed file once, report the unreadable ones, check that every class keeps
+    readable training images, and return (train split, test split, skipped paths)."""
     size = data_cfg.image_size or DEFAULT_SIZE
     paths = [p for p, _ in train + test]
     hw, good, bad = scan_images(paths, f"{name}: checking {len(paths)} images", data_cfg.verify_images)
     report_unreadable(name, bad)
     good_set = set(good)
     reasons = dict(bad)
-    n_classes = n_tasks * per_task if isinstance(per_task, int) else sum(per_task)
     check_classes(name, train, 0, good_set, reasons, n_classes, "training")
     check_classes(name, test, len(train), good_set, reasons, n_classes, "test", required=False)
 
@@ -159,10 +160,15 @@ def file_stream(name: str, train, test, n_tasks: int, per_task: int, data_cfg) -
         return FileSplit([items[i][0] for i in keep], torch.tensor([items[i][1] for i in keep], dtype=torch.long),
                          hw[[i + offset for i in keep]].reshape(-1, 2), size)
 
-    aug = ResizedCropAugment(size, enabled=data_cfg.augment)
-    stream = ContinualStream.from_splits(name, split(train, 0), split(test, len(train)), n_tasks, per_task,
+    return split(train, 0), split(test, len(train)), [p for p, _ in bad]
+
+
+def file_stream(name: str, train, test, n_tasks: int, per_task: int, data_cfg) -> ContinualStream:
+    train_split, test_split, skipped = scan_splits(name, train, test, n_tasks * per_task, data_cfg)
+    aug = ResizedCropAugment(data_cfg.image_size or DEFAULT_SIZE, enabled=data_cfg.augment)
+    stream = ContinualStream.from_splits(name, train_split, test_split, n_tasks, per_task,
                                          aug, data_cfg.class_order, **loader_kwargs(data_cfg))
-    stream.skipped_files = [p for p, _ in bad]
+    stream.skipped_files = skipped
     return stream
 
 
