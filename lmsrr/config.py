@@ -104,7 +104,7 @@ class DataConfig:
                    f"--classes-per-task {self.classes_per_task} lists {len(counts)} tasks but --tasks is {self.tasks}")
         else:
             _check(self.tasks == 0 and not counts,
-                   f"--tasks and --classes-per-task apply to folder:PATH streams; {self.stream} has a fixed split")
+                   f"--tasks and --classes-per-task apply only to folder:PATH streams, not to {self.stream!r}")
 
     @property
     def class_counts(self) -> tuple[int, ...]:
