@@ -52,7 +52,8 @@ def read_idx(path: str, ndim: int) -> np.ndarray:
     dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
     body = np.frombuffer(data, dtype=np.uint8, offset=header)
     if body.size != int(np.prod(dims)):
-        raise DataError(f"rot-mnist: {os.path.abspath(path)} is truncated: expected {int(np.prod(dims))} values "
+        state = "is truncated" if body.size < int(np.prod(dims)) else "has trailing bytes"
+        raise DataError(f"rot-mnist: {os.path.abspath(path)} {state}: expected {int(np.prod(dims))} values "
                         f"for shape {dims}, found {body.size}; re-extract MNIST or pass --download")
     return body.reshape(dims)
 
