@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from lmsrr.data.augment import Augment
-from lmsrr.data.common import check_labels, fetch_with, loader_kwargs, read_bytes, require_file
+from lmsrr.data.common import check_labels, fetch_with, loader_kwargs, one_line, read_bytes, require_file
 from lmsrr.data.registry import register_dataset
 from lmsrr.data.stream import ContinualStream
 from lmsrr.errors import DataError, DataNotFoundError
@@ -60,7 +60,7 @@ def _unpickle(f: str, stream: str) -> dict:
         # after a Python 3 re-save with encoding='bytes', as bytes: both are accepted below.
         d = _BatchUnpickler(io.BytesIO(data), encoding="latin1").load()
     except Exception as e:  # unpickling damaged bytes raises many types; each means "not a batch"
-        raise _bad(f, f"{type(e).__name__}: {e}") from e
+        raise _bad(f, f"{type(e).__name__}: {one_line(e)}") from e
     if not isinstance(d, dict):
         raise _bad(f, f"it holds a {type(d).__name__}, not a dict")
     return {(k.decode("latin1") if isinstance(k, bytes) else k): v for k, v in d.items()}
@@ -70,7 +70,7 @@ def _as_int_array(value, f: str, key: str, ndim: int) -> np.ndarray:
     try:
         a = np.asarray(value)
     except Exception as e:  # ragged nested lists and foreign objects
-        raise _bad(f, f"{key!r} is not an array ({type(e).__name__}: {e})") from e
+        raise _bad(f, f"{key!r} is not an array ({type(e).__name__}: {one_line(e)})") from e
     if a.dtype == bool or not np.issubdtype(a.dtype, np.integer):
         raise _bad(f, f"{key!r} has dtype {a.dtype}, expected integers")
     if a.ndim != ndim:

@@ -38,6 +38,19 @@ def require_files(paths: list[str], stream: str) -> None:
                                 f"missing: {shown}{more}; re-extract the dataset")
 
 
+def one_line(text) -> str:
+    """A foreign exception's text on one line (some span several), so an error stays one message."""
+    return " ".join(str(text).split())
+
+
+def plain_name(name: str, stream: str, where: str) -> str:
+    """A name used as one path component: no path separators, NUL or '.'/'..' (which would point
+    elsewhere, or fail inside the file system calls)."""
+    if not name or name in (".", "..") or any(c in name for c in "/\\\0"):
+        raise DataError(f"{stream}: {where}: {name!r} is not a valid file or folder name; re-extract the dataset")
+    return name
+
+
 def os_reason(e: OSError) -> str:
     return e.strerror or str(e) or type(e).__name__
 
@@ -101,4 +114,4 @@ def fetch_with(stream: str, root: str, fetch) -> None:
         fetch()
     except Exception as e:  # urllib, tarfile, OSError and checksum failures all mean "not fetched"
         raise DataNotFoundError(f"{stream}: --download into {os.path.abspath(root)} failed "
-                                f"({type(e).__name__}: {e}); download the dataset by hand") from e
+                                f"({type(e).__name__}: {one_line(e)}); download the dataset by hand") from e

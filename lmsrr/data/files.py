@@ -25,7 +25,7 @@ import os
 import torch
 
 from lmsrr.data.augment import ResizedCropAugment
-from lmsrr.data.common import (check_labels, list_dir, loader_kwargs, parse_int, read_bytes, read_text_lines,
+from lmsrr.data.common import (check_labels, list_dir, loader_kwargs, one_line, parse_int, read_bytes, read_text_lines,
                                require_dir, require_file, require_files)
 from lmsrr.data.images import check_classes, report_unreadable, scan_images
 from lmsrr.data.registry import register_dataset
@@ -125,7 +125,7 @@ def _load_cars_annotations(path: str):
         items = [(str(a["fname"]), int(a["class"]) - 1) for a in ann]
     except Exception as e:  # loadmat raises several types for a broken file
         raise DataError(f"seq-cars196: {path} is not a readable annotation file "
-                        f"({type(e).__name__}: {e}); re-download the devkit") from e
+                        f"({type(e).__name__}: {one_line(e)}); re-download the devkit") from e
     check_labels("seq-cars196", [y for _, y in items], 196, f"{path} (classes 1..196, shown here as 0..195)",
                  require_all=False)
     return items

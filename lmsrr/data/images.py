@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 from tqdm.auto import tqdm
 
+from lmsrr.data.common import one_line
 from lmsrr.errors import DataError
 
 log = logging.getLogger("lmsrr.data")
@@ -50,7 +51,7 @@ def probe(path: str, verify: bool = True) -> tuple[int, int] | str:
             return "empty image"
         return h, w
     except Exception as e:  # PIL raises many types for broken files; all mean "unreadable"
-        return f"{type(e).__name__}: {e}"
+        return f"{type(e).__name__}: {one_line(e)}"
 
 
 def scan_images(paths: list[str], desc: str, verify: bool = True, threads: int = 0,
@@ -119,7 +120,7 @@ def _decode_to(path: str, size: int):
                 return f"unsupported format {im.format}"
             arr = np.asarray(im.convert("RGB"))
     except Exception as e:  # any decoding failure means the file is unreadable
-        return f"{type(e).__name__}: {e}"
+        return f"{type(e).__name__}: {one_line(e)}"
     from lmsrr.data.augment import resize_u8
 
     img = torch.from_numpy(arr.copy()).permute(2, 0, 1)

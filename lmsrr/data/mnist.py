@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from lmsrr.data.augment import Augment
-from lmsrr.data.common import check_labels, fetch_with, loader_kwargs, read_bytes, require_dir
+from lmsrr.data.common import check_labels, fetch_with, loader_kwargs, one_line, read_bytes, require_dir
 from lmsrr.data.registry import register_dataset
 from lmsrr.data.stream import DomainStream
 from lmsrr.errors import DataError, DataNotFoundError
@@ -39,7 +39,7 @@ def read_idx(path: str, ndim: int) -> np.ndarray:
         try:
             data = gzip.decompress(data)
         except (OSError, EOFError, zlib.error) as e:  # bad header, truncated or corrupt deflate stream
-            raise DataError(f"rot-mnist: {os.path.abspath(path)} is not a readable gzip file ({e}); "
+            raise DataError(f"rot-mnist: {os.path.abspath(path)} is not a readable gzip file ({one_line(e)}); "
                             f"re-extract MNIST or pass --download") from e
     magic = int.from_bytes(data[:4], "big") if len(data) >= 4 else -1
     if magic != 0x0800 + ndim:

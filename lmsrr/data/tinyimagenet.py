@@ -19,7 +19,7 @@ import os
 import torch
 
 from lmsrr.data.augment import Augment
-from lmsrr.data.common import loader_kwargs, read_text_lines, require_dir, require_file, require_files
+from lmsrr.data.common import loader_kwargs, plain_name, read_text_lines, require_dir, require_file, require_files
 from lmsrr.data.images import check_classes, decode_all, report_unreadable
 from lmsrr.data.registry import register_dataset
 from lmsrr.data.stream import ContinualStream
@@ -34,7 +34,8 @@ def tinyimagenet_items(root: str):
     base = require_dir(os.path.join(root, "tiny-imagenet-200"), "seq-tinyimg", "the folder tiny-imagenet-200",
                        SOURCE, "unzip it there or point --data-root at its parent (there is no --download)")
     wnids_txt = os.path.join(base, "wnids.txt")
-    wnids = [line.strip() for line in read_text_lines(wnids_txt, "seq-tinyimg") if line.strip()]
+    wnids = [plain_name(line.strip(), "seq-tinyimg", f"{os.path.abspath(wnids_txt)} line {n}")
+             for n, line in enumerate(read_text_lines(wnids_txt, "seq-tinyimg"), 1) if line.strip()]
     if len(set(wnids)) != 200:
         raise DataError(f"seq-tinyimg: {os.path.abspath(wnids_txt)} lists {len(set(wnids))} distinct classes, "
                         f"expected 200; re-extract the dataset")
@@ -58,7 +59,8 @@ def tinyimagenet_items(root: str):
         if len(parts) < 2 or parts[1] not in label:
             raise DataError(f"seq-tinyimg: {os.path.abspath(ann)} line {n} is malformed or names an unknown "
                             f"class: {line.strip()!r}")
-        test.append((os.path.join(base, "val", "images", parts[0]), label[parts[1]]))
+        name = plain_name(parts[0], "seq-tinyimg", f"{os.path.abspath(ann)} line {n}")
+        test.append((os.path.join(base, "val", "images", name), label[parts[1]]))
     require_files([p for p, _ in test], "seq-tinyimg")
     return train, test
 

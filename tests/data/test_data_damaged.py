@@ -16,7 +16,7 @@ from datetime import timedelta
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import datagen
@@ -160,6 +160,7 @@ def damage_bytes(data: bytes, kind, arg) -> bytes:
 
 @FAST
 @given(name=st.sampled_from(CIFAR_FILES), damage=BYTE_DAMAGE)
+@example(name="data_batch_1", damage=("random", b"P"))  # pickle's error text spans two lines
 def test_cifar_byte_damage(name, damage):
     with tempfile.TemporaryDirectory() as root:
         path = write_batches(root, pristine(0), pickle.HIGHEST_PROTOCOL)
@@ -289,6 +290,8 @@ def damage_lines(text: str, kind, arg) -> bytes:
 
 @settings(FAST, max_examples=40)
 @given(target=st.sampled_from(["wnids.txt", os.path.join("val", "val_annotations.txt")]), damage=LINE_DAMAGE)
+@example(target="wnids.txt", damage=("replace", (3, "n0\x00")))  # NUL fails inside os calls
+@example(target=os.path.join("val", "val_annotations.txt"), damage=("replace", (3, "../x.JPEG n00009999")))
 def test_tinyimagenet_annotation_damage(tiny_root, target, damage):
     root, wnids = tiny_root
     f = os.path.join(root, "tiny-imagenet-200", target)

@@ -72,7 +72,8 @@ def test_malformed_cifar_batch_names_the_file_and_the_problem(tmp_path, edit, me
 def test_a_class_missing_from_every_training_batch_is_refused(tmp_path):
     path = datagen.write_cifar(str(tmp_path), 10)
     for i in range(1, 6):
-        rewrite_batch(os.path.join(path, f"data_batch_{i}"), lambda d: {**d, "labels": [v if v != 9 else 8 for v in d["labels"]]})
+        rewrite_batch(os.path.join(path, f"data_batch_{i}"),
+                      lambda d: {**d, "labels": [v if v != 9 else 8 for v in d["labels"]]})
     with pytest.raises(DataError, match=r"no sample of class\(es\) 9 \(of 10\)"):
         build(tmp_path, "seq-cifar10")
 
