@@ -56,7 +56,7 @@ def imagenet_r_items(root: str, split_seed: int = 0, download_hint: str = ""):
         if len(files) < 2:
             raise DataNotFoundError(f"seq-imagenet-r: incomplete dataset: {os.path.abspath(folder)} holds "
                                     f"{len(files)} image(s); every class needs at least 2 (train and test)")
-        seeded_split(files, label, split_seed, test_count(len(files)), train, test)
+        seeded_split(files, label, split_seed, n_test_images(len(files)), train, test)
     return train, test
 
 
@@ -66,7 +66,7 @@ def image_files(folder: str, stream: str) -> list[str]:
     return [os.path.join(folder, f) for f in names]
 
 
-def test_count(n_files: int) -> int:
+def n_test_images(n_files: int) -> int:
     """A fifth of a class's files are its test images, and at least one, so that every class is
     evaluated (the released split takes n // 5, the same for every class of 5 or more files)."""
     return max(1, n_files // 5)

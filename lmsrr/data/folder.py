@@ -22,7 +22,7 @@ import os
 
 from lmsrr.data.augment import ResizedCropAugment
 from lmsrr.data.common import list_dir, loader_kwargs
-from lmsrr.data.files import DEFAULT_SIZE, IMAGE_EXTENSIONS, scan_splits, seeded_split, test_count
+from lmsrr.data.files import DEFAULT_SIZE, IMAGE_EXTENSIONS, scan_splits, seeded_split, n_test_images
 from lmsrr.data.registry import register_dataset, split_stream_name
 from lmsrr.data.stream import ContinualStream
 from lmsrr.errors import ConfigError, DataError, DataNotFoundError
@@ -91,7 +91,7 @@ def folder_items(path: str, stream: str, split_seed: int = 0):
             if len(files) < 2:
                 raise DataError(f"{stream}: the class folder {os.path.abspath(os.path.join(train_dir, c))} holds 1 "
                                 f"image; without val/ every class needs at least 2 (train and test)")
-            seeded_split(files, label, split_seed, test_count(len(files)), train, test)
+            seeded_split(files, label, split_seed, n_test_images(len(files)), train, test)
     return classes, train, test, has_val
 
 
