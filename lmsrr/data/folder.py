@@ -22,7 +22,7 @@ import os
 
 from lmsrr.data.augment import ResizedCropAugment
 from lmsrr.data.common import list_dir, loader_kwargs
-from lmsrr.data.files import DEFAULT_SIZE, IMAGE_EXTENSIONS, scan_splits, seeded_split, n_test_images
+from lmsrr.data.files import DEFAULT_SIZE, IMAGE_EXTENSIONS, n_test_images, scan_splits, seeded_split
 from lmsrr.data.registry import register_dataset, split_stream_name
 from lmsrr.data.stream import ContinualStream
 from lmsrr.errors import ConfigError, DataError, DataNotFoundError
