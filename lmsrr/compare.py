@@ -33,6 +33,7 @@ from lmsrr.cli import build_parser as train_parser
 from lmsrr.cli import config_from_args
 from lmsrr.data import build_stream
 from lmsrr.engine import Interrupted, Trainer
+from lmsrr.data.registry import stream_label
 from lmsrr.errors import UserError
 from lmsrr.guard import NonFiniteError
 from lmsrr.methods.registry import method_class
@@ -350,7 +351,7 @@ def main(argv: list[str] | None = None, prog: str = "lmsrr-compare") -> int:
             print(json.dumps(cfg.to_dict(), indent=2))
             return 0
         out = args.out or os.path.join(cfg.log.out_dir,
-                                       f"compare-{cfg.data.stream}-{time.strftime('%Y%m%d-%H%M%S')}")
+                                       f"compare-{stream_label(cfg.data.stream)}-{time.strftime('%Y%m%d-%H%M%S')}")
         try:
             os.makedirs(out, exist_ok=True)
         except OSError as e:

@@ -59,6 +59,12 @@ class DataConfig:
         True, "decode every image file once when the stream is built, to report and skip corrupt "
         "files before training (--no-verify-images reads headers only)",
     )
+    tasks: int = _f(0, "number of tasks of a folder:PATH stream (its classes, sorted by folder name, are "
+                    "dealt out in --class-order); other streams have a fixed split")
+    classes_per_task: str = _f(
+        "", "classes of each task of a folder:PATH stream: one number for equal tasks, or one per task "
+        "for uneven ones, e.g. '4,2,2' (a larger first task); empty = the classes split evenly over --tasks",
+    )
 
     def __post_init__(self):
         validate(self)
@@ -70,6 +76,28 @@ class DataConfig:
         order = self.class_order
         ok = order == "natural" or (order.startswith("seed:") and order[5:].lstrip("-").isdigit())
         _check(ok, f"class_order={order!r}: use 'natural' or 'seed:N' (N an integer)")
+        _check(self.tasks >= 0, f"tasks must be >= 1 (or 0: not set), got {self.tasks}")
+        try:
+            counts = self.class_counts
+        except ValueError:
+            counts = ()
+        _check(all(c >= 1 for c in counts) and (counts or not self.classes_per_task.strip()),
+               f"classes_per_task={self.classes_per_task!r}: use one positive integer or one per task, e.g. '4,2,2'")
+        if self.stream.partition(":")[1]:  # a stream read from a folder: the user sets its tasks
+            _check(bool(self.stream.partition(":")[2].strip()),
+                   f"stream={self.stream!r}: name the dataset folder after the colon, e.g. folder:/data/my-images")
+            _check(self.tasks >= 1 or len(counts) >= 1,
+                   f"stream {self.stream!r} needs --tasks N (and optionally --classes-per-task)")
+            _check(len(counts) <= 1 or self.tasks in (0, len(counts)),
+                   f"--classes-per-task {self.classes_per_task} lists {len(counts)} tasks but --tasks is {self.tasks}")
+        else:
+            _check(self.tasks == 0 and not counts,
+                   f"--tasks and --classes-per-task apply only to folder:PATH streams, not to {self.stream!r}")
+
+    @property
+    def class_counts(self) -> tuple[int, ...]:
+        """classes_per_task as integers (empty when not given); ValueError when malformed."""
+        return tuple(int(c) for c in self.classes_per_task.split(",")) if self.classes_per_task.strip() else ()
 
 
 @dataclass

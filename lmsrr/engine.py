@@ -25,6 +25,7 @@ from lmsrr import checkpoint as ckpt
 from lmsrr import distributed
 from lmsrr.config import Config
 from lmsrr.data import build_stream
+from lmsrr.data.registry import stream_label
 from lmsrr.errors import ConfigError, UserError
 from lmsrr.evaluate import PrefixCache, evaluate_seen_tasks
 from lmsrr.guard import NumericsGuard
@@ -181,7 +182,7 @@ class Trainer:
                 os.path.dirname(path)) == "checkpoints" else path
         if resume == "auto" and not cfg.log.run_name:
             raise ConfigError("--resume auto needs --run-name (the run directory to resume in)")
-        name = cfg.log.run_name or f"{cfg.data.stream}-{cfg.method.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        name = cfg.log.run_name or f"{stream_label(cfg.data.stream)}-{cfg.method.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         if distributed.world_size() > 1 and not cfg.log.run_name:
             # ranks may disagree on the clock's second: take rank 0's name
             name = distributed.gather_objects(name)[0]

@@ -11,3 +11,8 @@ class ConfigError(UserError, ValueError):
 
 class DataNotFoundError(UserError, FileNotFoundError):
     """A dataset is missing or incomplete under --data-root."""
+
+
+class DataError(DataNotFoundError):
+    """A dataset file exists but its content is unusable (unreadable, malformed or inconsistent):
+    the usable dataset is not there, so callers that catch DataNotFoundError catch this too."""

@@ -7,6 +7,7 @@ from lmsrr.data.stream import ContinualStream
 from lmsrr.data import digits as _digits  # noqa: E402,F401
 from lmsrr.data import cifar as _cifar  # noqa: E402,F401
 from lmsrr.data import files as _files  # noqa: E402,F401
+from lmsrr.data import folder as _folder  # noqa: E402,F401
 from lmsrr.data import mnist as _mnist  # noqa: E402,F401
 from lmsrr.data import tinyimagenet as _tinyimagenet  # noqa: E402,F401
 

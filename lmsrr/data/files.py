@@ -25,12 +25,13 @@ import os
 import torch
 
 from lmsrr.data.augment import ResizedCropAugment
-from lmsrr.data.common import loader_kwargs, require_dir, require_file, require_files
-from lmsrr.data.images import report_unreadable, scan_images
+from lmsrr.data.common import (check_labels, list_dir, loader_kwargs, one_line, parse_int, read_bytes, read_text_lines,
+                               require_dir, require_file, require_files)
+from lmsrr.data.images import check_classes, report_unreadable, scan_images
 from lmsrr.data.registry import register_dataset
 from lmsrr.data.splits import FileSplit
 from lmsrr.data.stream import ContinualStream
-from lmsrr.errors import DataNotFoundError
+from lmsrr.errors import DataError, DataNotFoundError
 
 DEFAULT_SIZE = 224
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
@@ -45,35 +46,51 @@ def _no_download(stream: str, data_cfg) -> str:
 def imagenet_r_items(root: str, split_seed: int = 0, download_hint: str = ""):
     base = require_dir(os.path.join(root, "imagenet-r"), "seq-imagenet-r", "the folder imagenet-r",
                        "https://people.eecs.berkeley.edu/~hendrycks/imagenet-r.tar", download_hint)
-    wnids = sorted(d for d in os.listdir(base) if os.path.isdir(os.path.join(base, d)))
+    wnids = sorted(d for d in list_dir(base, "seq-imagenet-r") if os.path.isdir(os.path.join(base, d)))
     if len(wnids) != 200:
         raise DataNotFoundError(f"seq-imagenet-r: incomplete dataset: {os.path.abspath(base)} has "
                                 f"{len(wnids)} class folder(s), expected 200; re-extract imagenet-r.tar")
     train, test = [], []
     for label, w in enumerate(wnids):
         folder = os.path.join(base, w)
-        files = sorted(f for f in os.listdir(folder) if f.lower().endswith(IMAGE_EXTENSIONS))
+        files = image_files(folder, "seq-imagenet-r")
         if len(files) < 2:
             raise DataNotFoundError(f"seq-imagenet-r: incomplete dataset: {os.path.abspath(folder)} holds "
                                     f"{len(files)} image(s); every class needs at least 2 (train and test)")
-        g = torch.Generator().manual_seed(split_seed * 1000 + label)
-        perm = torch.randperm(len(files), generator=g).tolist()
-        n_test = len(files) // 5
-        for rank, i in enumerate(perm):
-            (test if rank < n_test else train).append((os.path.join(folder, files[i]), label))
+        seeded_split(files, label, split_seed, n_test_images(len(files)), train, test)
     return train, test
+
+
+def image_files(folder: str, stream: str) -> list[str]:
+    """The image files of a class folder, sorted by name, as full paths."""
+    names = sorted(f for f in list_dir(folder, stream) if f.lower().endswith(IMAGE_EXTENSIONS))
+    return [os.path.join(folder, f) for f in names]
+
+
+def n_test_images(n_files: int) -> int:
+    """A fifth of a class's files are its test images, and at least one, so that every class is
+    evaluated (the released split takes n // 5, the same for every class of 5 or more files)."""
+    return max(1, n_files // 5)
+
+
+def seeded_split(files: list[str], label: int, split_seed: int, n_test: int, train: list, test: list) -> None:
+    """ImageNet-R's split rule: a class's files (sorted) permuted by a generator seeded with
+    ``split_seed * 1000 + label``; the first ``n_test`` go to ``test``, the rest to ``train``."""
+    g = torch.Generator().manual_seed(split_seed * 1000 + label)
+    perm = torch.randperm(len(files), generator=g).tolist()
+    for rank, i in enumerate(perm):
+        (test if rank < n_test else train).append((files[i], label))
 
 
 def _read_table(path: str, stream: str, n_cols: int = 2) -> dict[str, list[str]]:
     out = {}
-    with open(require_file(path, stream)) as f:
-        for n, line in enumerate(f, 1):
-            parts = line.split()
-            if not parts:
-                continue
-            if len(parts) < n_cols:
-                raise DataNotFoundError(f"{stream}: {path} line {n} is malformed: {line.strip()!r}")
-            out[parts[0]] = parts[1:]
+    for n, line in enumerate(read_text_lines(path, stream), 1):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) < n_cols:
+            raise DataError(f"{stream}: {os.path.abspath(path)} line {n} is malformed: {line.strip()!r}")
+        out[parts[0]] = parts[1:]
     return out
 
 
@@ -88,8 +105,14 @@ def cub_items(root: str, download_hint: str = ""):
         if image_id not in labels or image_id not in is_train:
             raise DataNotFoundError(f"seq-cub200: image id {image_id} ({rel}) has no class label or split "
                                     f"entry; the annotation files do not match, re-extract the dataset")
-        item = (os.path.join(base, "images", rel), int(labels[image_id][0]) - 1)
+        where = f"image_class_labels.txt, image id {image_id}"
+        item = (os.path.join(base, "images", rel), parse_int(labels[image_id][0], "seq-cub200", where) - 1)
+        if is_train[image_id][0] not in ("0", "1"):
+            raise DataError(f"seq-cub200: train_test_split.txt, image id {image_id}: {is_train[image_id][0]!r} "
+                            f"is neither 1 (train) nor 0 (test); re-extract the dataset")
         (train if is_train[image_id][0] == "1" else test).append(item)
+    check_labels("seq-cub200", [y for _, y in train + test], 200,
+                 f"{os.path.join(base, 'image_class_labels.txt')} (classes 1..200, shown here as 0..199)")
     require_files([p for p, _ in train + test], "seq-cub200")
     return train, test
 
@@ -97,14 +120,16 @@ def cub_items(root: str, download_hint: str = ""):
 def _load_cars_annotations(path: str):
     import scipy.io
 
+    read_bytes(require_file(path, "seq-cars196"), "seq-cars196")  # unreadable (EACCES) names the file
     try:
-        ann = scipy.io.loadmat(require_file(path, "seq-cars196"), squeeze_me=True)["annotations"]
-        return [(str(a["fname"]), int(a["class"]) - 1) for a in ann]
-    except DataNotFoundError:
-        raise
+        ann = scipy.io.loadmat(path, squeeze_me=True)["annotations"]
+        items = [(str(a["fname"]), int(a["class"]) - 1) for a in ann]
     except Exception as e:  # loadmat raises several types for a broken file
-        raise DataNotFoundError(f"seq-cars196: {path} is not a readable annotation file "
-                                f"({type(e).__name__}: {e}); re-download the devkit") from e
+        raise DataError(f"seq-cars196: {path} is not a readable annotation file "
+                        f"({type(e).__name__}: {one_line(e)}); re-download the devkit") from e
+    check_labels("seq-cars196", [y for _, y in items], 196, f"{path} (classes 1..196, shown here as 0..195)",
+                 require_all=False)
+    return items
 
 
 def cars_items(root: str, download_hint: str = ""):
@@ -119,22 +144,32 @@ def cars_items(root: str, download_hint: str = ""):
     return train, test
 
 
-def file_stream(name: str, train, test, n_tasks: int, per_task: int, data_cfg) -> ContinualStream:
+def scan_splits(name: str, train, test, n_classes: int, data_cfg) -> tuple[FileSplit, FileSplit, list[str]]:
+    """Scan every listed file once, report the unreadable ones, check that every class keeps
+    readable training images, and return (train split, test split, skipped paths)."""
     size = data_cfg.image_size or DEFAULT_SIZE
     paths = [p for p, _ in train + test]
     hw, good, bad = scan_images(paths, f"{name}: checking {len(paths)} images", data_cfg.verify_images)
     report_unreadable(name, bad)
     good_set = set(good)
+    reasons = dict(bad)
+    check_classes(name, train, 0, good_set, reasons, n_classes, "training")
+    check_classes(name, test, len(train), good_set, reasons, n_classes, "test", required=False)
 
     def split(items, offset):
         keep = [i for i in range(len(items)) if i + offset in good_set]
         return FileSplit([items[i][0] for i in keep], torch.tensor([items[i][1] for i in keep], dtype=torch.long),
                          hw[[i + offset for i in keep]].reshape(-1, 2), size)
 
-    aug = ResizedCropAugment(size, enabled=data_cfg.augment)
-    stream = ContinualStream.from_splits(name, split(train, 0), split(test, len(train)), n_tasks, per_task,
+    return split(train, 0), split(test, len(train)), [p for p, _ in bad]
+
+
+def file_stream(name: str, train, test, n_tasks: int, per_task: int, data_cfg) -> ContinualStream:
+    train_split, test_split, skipped = scan_splits(name, train, test, n_tasks * per_task, data_cfg)
+    aug = ResizedCropAugment(data_cfg.image_size or DEFAULT_SIZE, enabled=data_cfg.augment)
+    stream = ContinualStream.from_splits(name, train_split, test_split, n_tasks, per_task,
                                          aug, data_cfg.class_order, **loader_kwargs(data_cfg))
-    stream.skipped_files = [p for p, _ in bad]
+    stream.skipped_files = skipped
     return stream
 
 

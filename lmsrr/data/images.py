@@ -17,6 +17,8 @@ import torch
 from tqdm.auto import tqdm
 
 from lmsrr.data.augment import resize_u8
+from lmsrr.data.common import one_line
+from lmsrr.errors import DataError
 
 log = logging.getLogger("lmsrr.data")
 
@@ -50,7 +52,7 @@ def probe(path: str, verify: bool = True) -> tuple[int, int] | str:
             return "empty image"
         return h, w
     except Exception as e:  # PIL raises many types for broken files; all mean "unreadable"
-        return f"{type(e).__name__}: {e}"
+        return f"{type(e).__name__}: {one_line(e)}"
 
 
 def scan_images(paths: list[str], desc: str, verify: bool = True, threads: int = 0,
@@ -80,6 +82,34 @@ def report_unreadable(stream_name: str, bad: list[tuple[str, str]]) -> None:
     log.warning("%s: skipped %d unreadable image file(s):\n%s%s", stream_name, len(bad), lines, more)
 
 
+def check_classes(name: str, items, offset: int, good: set[int], reasons: dict[str, str], n_classes: int,
+                  what: str, required: bool = True) -> None:
+    """Every class keeps at least one readable ``what`` image after the scan (``required``): a
+    class whose files are all unreadable would otherwise train on nothing without any sign of it.
+    For the test split (not ``required``) a class without readable images is a warning: one
+    unreadable file can be a small class's only test image, and its accuracy is then taken over
+    the other classes."""
+    listed: list[list[int]] = [[] for _ in range(n_classes)]
+    for i, (_, y) in enumerate(items):
+        if not 0 <= y < n_classes:
+            raise DataError(f"{name}: {items[i][0]} has label {y}, outside 0..{n_classes - 1}")
+        listed[y].append(i)
+    for c, idx in enumerate(listed):
+        if any(i + offset in good for i in idx):
+            continue
+        if not idx:
+            problem = f"class {c} has no {what} images"
+        else:
+            folders = {os.path.dirname(os.path.abspath(items[i][0])) for i in idx}
+            where = f"class folder {folders.pop()}" if len(folders) == 1 else f"class {c}"
+            first = items[idx[0]][0]
+            problem = (f"every {what} image of {where} is unreadable ({len(idx)} file(s); "
+                       f"{os.path.basename(first)}: {reasons.get(first, 'unreadable')})")
+        if required:
+            raise DataError(f"{name}: {problem}; replace them with readable images or re-extract the dataset")
+        log.warning("%s: %s; it is left out of the evaluation", name, problem)
+
+
 def _decode_to(path: str, size: int):
     from PIL import Image
 
@@ -91,7 +121,7 @@ def _decode_to(path: str, size: int):
                 return f"unsupported format {im.format}"
             arr = np.asarray(im.convert("RGB"))
     except Exception as e:  # any decoding failure means the file is unreadable
-        return f"{type(e).__name__}: {e}"
+        return f"{type(e).__name__}: {one_line(e)}"
     img = torch.from_numpy(arr.copy()).permute(2, 0, 1)
     return resize_u8(img, (size, size))
 

@@ -15,15 +15,16 @@ from __future__ import annotations
 
 import gzip
 import os
+import zlib
 
 import numpy as np
 import torch
 
 from lmsrr.data.augment import Augment
-from lmsrr.data.common import loader_kwargs, require_dir
+from lmsrr.data.common import check_labels, fetch_with, loader_kwargs, one_line, read_bytes, require_dir
 from lmsrr.data.registry import register_dataset
 from lmsrr.data.stream import DomainStream
-from lmsrr.errors import DataNotFoundError
+from lmsrr.errors import DataError, DataNotFoundError
 
 N_TASKS = 20
 FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -33,21 +34,27 @@ SOURCE = "http://yann.lecun.com/exdb/mnist/ (or torchvision.datasets.MNIST(root,
 
 def read_idx(path: str, ndim: int) -> np.ndarray:
     """An IDX file (uint8 payload): magic 0x0000 08 <ndim>, big-endian dims, then the data."""
-    opener = gzip.open if path.endswith(".gz") else open
-    try:
-        with opener(path, "rb") as f:
-            data = f.read()
-    except (OSError, EOFError) as e:
-        raise DataNotFoundError(f"{path} is not readable ({e}); re-extract MNIST or pass --download") from e
+    data = read_bytes(path, "rot-mnist")
+    if path.endswith(".gz"):
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError, zlib.error) as e:  # bad header, truncated or corrupt deflate stream
+            raise DataError(f"rot-mnist: {os.path.abspath(path)} is not a readable gzip file ({one_line(e)}); "
+                            f"re-extract MNIST or pass --download") from e
     magic = int.from_bytes(data[:4], "big") if len(data) >= 4 else -1
     if magic != 0x0800 + ndim:
-        raise DataNotFoundError(f"{path} is not an MNIST IDX file with {ndim} dimension(s) "
-                                f"(magic {magic:#x}); re-extract MNIST or pass --download")
+        raise DataError(f"rot-mnist: {os.path.abspath(path)} is not an MNIST IDX file with {ndim} dimension(s) "
+                        f"(magic {magic:#x}); re-extract MNIST or pass --download")
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise DataError(f"rot-mnist: {os.path.abspath(path)} is truncated inside its header; "
+                        f"re-extract MNIST or pass --download")
     dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
-    body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    body = np.frombuffer(data, dtype=np.uint8, offset=header)
     if body.size != int(np.prod(dims)):
-        raise DataNotFoundError(f"{path} is truncated: expected {int(np.prod(dims))} values for shape "
-                                f"{dims}, found {body.size}; re-extract MNIST or pass --download")
+        state = "is truncated" if body.size < int(np.prod(dims)) else "has trailing bytes"
+        raise DataError(f"rot-mnist: {os.path.abspath(path)} {state}: expected {int(np.prod(dims))} values "
+                        f"for shape {dims}, found {body.size}; re-extract MNIST or pass --download")
     return body.reshape(dims)
 
 
@@ -64,17 +71,21 @@ def load_mnist(root: str, download: bool):
     if not os.path.isdir(raw) and download:
         import torchvision
 
-        torchvision.datasets.MNIST(root, train=True, download=True)
-        torchvision.datasets.MNIST(root, train=False, download=True)
+        fetch_with("rot-mnist", root, lambda: (torchvision.datasets.MNIST(root, train=True, download=True),
+                                               torchvision.datasets.MNIST(root, train=False, download=True)))
     require_dir(raw, "rot-mnist", "MNIST's raw IDX files", SOURCE,
                 "put them there, point --data-root at the folder holding MNIST/, or pass --download")
     out = []
     for split in ("train", "test"):
         xf, yf = (_find(raw, n) for n in FILES[split])
         x, y = read_idx(xf, 3), read_idx(yf, 1)
+        if x.shape[1:] != (28, 28):
+            raise DataError(f"rot-mnist: {os.path.abspath(xf)} holds {x.shape[1]}x{x.shape[2]} images, "
+                            f"expected 28x28; re-extract MNIST")
         if x.shape[0] != y.shape[0]:
-            raise DataNotFoundError(f"rot-mnist: {xf} holds {x.shape[0]} images but {yf} "
-                                    f"{y.shape[0]} labels; re-extract MNIST")
+            raise DataError(f"rot-mnist: {os.path.abspath(xf)} holds {x.shape[0]} images but "
+                            f"{os.path.abspath(yf)} {y.shape[0]} labels; re-extract MNIST")
+        check_labels("rot-mnist", y, 10, os.path.abspath(yf), require_all=split == "train")
         out += [torch.from_numpy(x.copy())[:, None], torch.from_numpy(y.astype(np.int64))]
     return out
 

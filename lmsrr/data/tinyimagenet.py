@@ -19,11 +19,11 @@ import os
 import torch
 
 from lmsrr.data.augment import Augment
-from lmsrr.data.common import loader_kwargs, require_dir, require_file, require_files
-from lmsrr.data.images import decode_all, report_unreadable
+from lmsrr.data.common import loader_kwargs, plain_name, read_text_lines, require_dir, require_file, require_files
+from lmsrr.data.images import check_classes, decode_all, report_unreadable
 from lmsrr.data.registry import register_dataset
 from lmsrr.data.stream import ContinualStream
-from lmsrr.errors import DataNotFoundError
+from lmsrr.errors import DataError, DataNotFoundError
 
 SOURCE = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
 SIZE = 64
@@ -33,11 +33,15 @@ def tinyimagenet_items(root: str):
     """([(path, label)] train, [(path, label)] test) in the official layout."""
     base = require_dir(os.path.join(root, "tiny-imagenet-200"), "seq-tinyimg", "the folder tiny-imagenet-200",
                        SOURCE, "unzip it there or point --data-root at its parent (there is no --download)")
-    with open(require_file(os.path.join(base, "wnids.txt"), "seq-tinyimg")) as f:
-        wnids = [line.strip() for line in f if line.strip()]
+    wnids_txt = os.path.join(base, "wnids.txt")
+    wnids = [plain_name(line.strip(), "seq-tinyimg", f"{os.path.abspath(wnids_txt)} line {n}")
+             for n, line in enumerate(read_text_lines(wnids_txt, "seq-tinyimg"), 1) if line.strip()]
+    if len(set(wnids)) != 200:
+        raise DataError(f"seq-tinyimg: {os.path.abspath(wnids_txt)} lists {len(set(wnids))} distinct classes, "
+                        f"expected 200; re-extract the dataset")
     if len(wnids) != 200:
-        raise DataNotFoundError(f"seq-tinyimg: {os.path.join(base, 'wnids.txt')} lists {len(wnids)} classes, "
-                                f"expected 200; re-extract the dataset")
+        raise DataError(f"seq-tinyimg: {os.path.abspath(wnids_txt)} lists a class more than once; "
+                        f"re-extract the dataset")
     label = {w: i for i, w in enumerate(wnids)}
     train = []
     for w in wnids:
@@ -48,14 +52,15 @@ def tinyimagenet_items(root: str):
         train += [(p, label[w]) for p in files]
     ann = require_file(os.path.join(base, "val", "val_annotations.txt"), "seq-tinyimg")
     test = []
-    with open(ann) as f:
-        for n, line in enumerate(f, 1):
-            parts = line.split()
-            if not parts:
-                continue
-            if len(parts) < 2 or parts[1] not in label:
-                raise DataNotFoundError(f"seq-tinyimg: {ann} line {n} is malformed or names an unknown class: {line.strip()!r}")
-            test.append((os.path.join(base, "val", "images", parts[0]), label[parts[1]]))
+    for n, line in enumerate(read_text_lines(ann, "seq-tinyimg"), 1):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) < 2 or parts[1] not in label:
+            raise DataError(f"seq-tinyimg: {os.path.abspath(ann)} line {n} is malformed or names an unknown "
+                            f"class: {line.strip()!r}")
+        name = plain_name(parts[0], "seq-tinyimg", f"{os.path.abspath(ann)} line {n}")
+        test.append((os.path.join(base, "val", "images", name), label[parts[1]]))
     require_files([p for p, _ in test], "seq-tinyimg")
     return train, test
 
@@ -63,13 +68,16 @@ def tinyimagenet_items(root: str):
 @register_dataset("seq-tinyimg")
 def seq_tinyimg(data_cfg) -> ContinualStream:
     train, test = tinyimagenet_items(data_cfg.data_root)
-    tensors, bad = [], []
+    tensors, bad, kept = [], [], []
     for items, what in ((train, "train"), (test, "test")):
         x, good, b = decode_all([p for p, _ in items], SIZE, f"seq-tinyimg: decoding {what} images")
         y = torch.tensor([items[i][1] for i in good], dtype=torch.long)
         tensors += [x, y]
         bad += b
+        kept.append((items, good))
     report_unreadable("seq-tinyimg", bad)
+    for (items, good), what in zip(kept, ("training", "test")):
+        check_classes("seq-tinyimg", items, 0, set(good), dict(bad), 200, what, required=what == "training")
     aug = Augment(pad=4, flip=True) if data_cfg.augment else Augment()
     stream = ContinualStream("seq-tinyimg", *tensors, n_tasks=10, classes_per_task=20, augment=aug,
                              class_order=data_cfg.class_order, **loader_kwargs(data_cfg))

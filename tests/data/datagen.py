@@ -153,3 +153,14 @@ def write_all(root: str) -> dict:
     corrupt(bad)
     info["corrupt"] = bad
     return info
+
+
+def write_image_folder(root: str, classes: list[str], train: int = 4, val: int = 2, seed: int = 0) -> str:
+    """An ImageFolder dataset: root/train/<class>/*.jpg and (val > 0) root/val/<class>/*.jpg."""
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", train), ("val", val)):
+        for c in classes:
+            for k in range(n):
+                h, w = (int(v) for v in rng.integers(12, 24, 2))
+                _jpeg(os.path.join(root, split, c, f"{c}_{k}.jpg"), rng, h, w)
+    return root
