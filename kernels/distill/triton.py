@@ -11,9 +11,9 @@ Backward (g = dL/dL_out, upstream scalar):
 
 All L pairs go to one launch: the tensors travel as tuples of pointers, every program
 grid-strides over every pair, reads each element once and accumulates (h_old - h)^2 in float32
-whatever the storage dtype. Per-program, per-pair partial sums go to a scratch buffer and the
-last program to finish (atomic ticket) reduces them in a fixed order, so the loss is
-deterministic run to run. The backward reads h_old and h once and writes dh once.
+whatever the storage dtype. Per-program, per-pair partial sums go to a fresh scratch buffer and a
+second one-program launch reduces them in a fixed order, so the loss is bit-identical run to run
+and no state is kept between calls. The backward reads h_old and h once and writes dh once.
 """
 from __future__ import annotations
 
@@ -23,13 +23,13 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._util import interpret_mode, next_pow2, num_sms, zeroed_workspace
+from kernels._util import interpret_mode, launch_guard, next_pow2, num_sms
 
 
 @triton.jit
 def _distill_fwd_kernel(
-    old_ptrs, new_ptrs, numels, p_ptr, partial_ptr, cnt_ptr, loss_ptr, mse_ptr,
-    L: tl.constexpr, L_PAD: tl.constexpr, BLOCK: tl.constexpr, RED: tl.constexpr,
+    old_ptrs, new_ptrs, numels, partial_ptr,
+    L: tl.constexpr, L_PAD: tl.constexpr, BLOCK: tl.constexpr,
 ):
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
@@ -37,7 +37,8 @@ def _distill_fwd_kernel(
     sums = tl.zeros([L_PAD], tl.float32)
     for l in tl.static_range(L):
         acc = tl.zeros([BLOCK], tl.float32)
-        for start in range(pid * BLOCK, numels[l], nprog * BLOCK):
+        # int64 offsets: the last block of a tensor near 2^31 elements must not wrap
+        for start in range(pid.to(tl.int64) * BLOCK, numels[l], nprog * BLOCK):
             offs = start + tl.arange(0, BLOCK)
             mask = offs < numels[l]
             a = tl.load(old_ptrs[l] + offs, mask=mask, other=0.0).to(tl.float32)
@@ -45,30 +46,35 @@ def _distill_fwd_kernel(
             diff = a - b
             acc += diff * diff
         sums += tl.where(lidx == l, tl.sum(acc, axis=0), 0.0)
+    # this program's row of a fresh buffer; _distill_reduce_kernel folds the rows in order
     tl.store(partial_ptr + pid * L_PAD + lidx, sums)
-    # all threads' partial stores must precede this program's ticket
-    tl.debug_barrier()
-    ticket = tl.atomic_add(cnt_ptr, 1)
-    if ticket == nprog - 1:
-        # last program: reduce the per-program partials in program order (deterministic)
-        rows = tl.arange(0, RED)
-        tot = tl.zeros([L_PAD], tl.float32)
-        for q0 in range(0, nprog, RED):
-            q = q0 + rows
-            part = tl.load(partial_ptr + q[:, None] * L_PAD + lidx[None, :], mask=q[:, None] < nprog,
-                           other=0.0, cache_modifier=".cg")
-            tot += tl.sum(part, axis=0)
-        n = tl.zeros([L_PAD], tl.float32)
-        for l in tl.static_range(L):
-            n += tl.where(lidx == l, (numels[l] * 1.0), 0.0)
-        mse = tot / tl.where(lidx < L, n, 1.0)
-        p = tl.load(p_ptr + lidx, mask=lidx < L, other=0.0).to(tl.float32)
-        psum = tl.sum(p, axis=0)
-        weighted = tl.sum(tl.where(lidx < L, p * mse, 0.0), axis=0)
-        loss = tl.where(psum > 0, weighted / tl.maximum(psum, 1e-30), 0.0)
-        tl.store(loss_ptr, loss)
-        tl.store(mse_ptr + lidx, mse, mask=lidx < L)
-        tl.store(cnt_ptr, 0)
+
+
+@triton.jit
+def _distill_reduce_kernel(
+    partial_ptr, NPROG, numels, p_ptr, loss_ptr, mse_ptr,
+    L: tl.constexpr, L_PAD: tl.constexpr, RED: tl.constexpr,
+):
+    # one program, launched after _distill_fwd_kernel on the same stream: the per-program
+    # partials are summed in a fixed order, so the loss is bit-identical run to run
+    lidx = tl.arange(0, L_PAD)
+    rows = tl.arange(0, RED)
+    tot = tl.zeros([L_PAD], tl.float32)
+    for q0 in range(0, NPROG, RED):
+        q = q0 + rows
+        part = tl.load(partial_ptr + q[:, None] * L_PAD + lidx[None, :], mask=q[:, None] < NPROG,
+                       other=0.0)
+        tot += tl.sum(part, axis=0)
+    n = tl.zeros([L_PAD], tl.float32)
+    for l in tl.static_range(L):
+        n += tl.where(lidx == l, (numels[l] * 1.0), 0.0)
+    mse = tot / tl.where(lidx < L, n, 1.0)
+    p = tl.load(p_ptr + lidx, mask=lidx < L, other=0.0).to(tl.float32)
+    psum = tl.sum(p, axis=0)
+    weighted = tl.sum(tl.where(lidx < L, p * mse, 0.0), axis=0)
+    loss = tl.where(psum > 0, weighted / tl.maximum(psum, 1e-30), 0.0)
+    tl.store(loss_ptr, loss)
+    tl.store(mse_ptr + lidx, mse, mask=lidx < L)
 
 
 @triton.jit
@@ -88,7 +94,7 @@ def _distill_bwd_kernel(
         if NEED[l]:
             p_l = tl.sum(tl.where(lidx == l, p, 0.0), axis=0)
             coef = gout * p_l * inv_p * 2.0 / (numels[l] * 1.0)
-            for start in range(pid * BLOCK, numels[l], nprog * BLOCK):
+            for start in range(pid.to(tl.int64) * BLOCK, numels[l], nprog * BLOCK):
                 offs = start + tl.arange(0, BLOCK)
                 mask = offs < numels[l]
                 a = tl.load(old_ptrs[l] + offs, mask=mask, other=0.0).to(tl.float32)
@@ -117,21 +123,22 @@ class _DistillFunction(torch.autograd.Function):
         h = tuple(t.contiguous() for t in tensors[n_pairs:])
         device = p.device
         numels = tuple(int(t.numel()) for t in h)
-        if max(numels) >= 2**31:
-            raise ValueError("distill_loss: a layer with 2^31 or more elements is not supported")
         L = n_pairs
         L_PAD = next_pow2(L)
         block = _BLOCK
         nprog = _grid(numels, block, device)
+        # every program writes its row: a fresh buffer, no memset, no state kept between calls
         partial = torch.empty((nprog, L_PAD), dtype=torch.float32, device=device)
-        cnt = zeroed_workspace("distill_cnt", device, 1, torch.int32)
         loss = torch.empty((), dtype=torch.float32, device=device)
         mse = torch.empty((L,), dtype=torch.float32, device=device)
         p_c = p.contiguous()
-        _distill_fwd_kernel[(nprog,)](
-            h_old, h, numels, p_c, partial, cnt, loss, mse,
-            L=L, L_PAD=L_PAD, BLOCK=block, RED=64, num_warps=8,
-        )
+        with launch_guard(p_c):
+            _distill_fwd_kernel[(nprog,)](
+                h_old, h, numels, partial, L=L, L_PAD=L_PAD, BLOCK=block, num_warps=8,
+            )
+            _distill_reduce_kernel[(1,)](
+                partial, nprog, numels, p_c, loss, mse, L=L, L_PAD=L_PAD, RED=64, num_warps=4,
+            )
         ctx.save_for_backward(p_c, mse, loss, *h_old, *h)
         ctx.n_pairs = n_pairs
         ctx.numels = numels
@@ -149,10 +156,11 @@ class _DistillFunction(torch.autograd.Function):
         dp = torch.empty((L,), dtype=torch.float32, device=p.device)
         block = _BLOCK
         nprog = _grid(ctx.numels, block, p.device)
-        _distill_bwd_kernel[(nprog,)](
-            h_old, h, grads, ctx.numels, p, mse, loss, gout.contiguous(), dp,
-            L=L, L_PAD=next_pow2(L), BLOCK=block, NEED=need, NEED_DP=need_dp, num_warps=8,
-        )
+        with launch_guard(p):
+            _distill_bwd_kernel[(nprog,)](
+                h_old, h, grads, ctx.numels, p, mse, loss, gout.contiguous(), dp,
+                L=L, L_PAD=next_pow2(L), BLOCK=block, NEED=need, NEED_DP=need_dp, num_warps=8,
+            )
         dh = [g if n else None for g, n in zip(grads, need)]
         return (dp.to(ctx.p_dtype) if need_dp else None, None, *([None] * L), *dh)
 

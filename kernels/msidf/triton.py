@@ -22,9 +22,10 @@ G = sum_{b,d} g[b, d]:
     dL/dw_i     = sum_{s,j} W_i[s, j] C[j - p_i + P, s] + b_i G         (= sum_{b,d} g * branch_i)
     dm_k        = w_k * (dL/dw_k - sum_i w_i dL/dw_i)                    (softmax backward; 0 for k >= n)
 
-The backward kernel computes dx for its rows and partial C and G, adds the partials atomically
-into a persistent float32 workspace, and the last program to finish (atomic ticket) turns the
-totals into dW, db and dm and zeroes the workspace again, so the whole backward is one launch.
+The backward is two launches: the first computes dx for its rows and writes its partial C and G
+to its own row of a fresh scratch buffer; the second (one program) sums the rows in program
+order and turns the totals into dW, db and dm. No atomics and no state kept between calls, so
+the gradients are bit-identical run to run and safe under CUDA graphs, streams and devices.
 """
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._util import interpret_mode, next_pow2, num_sms, zeroed_workspace
+from kernels._util import interpret_mode, launch_guard, next_pow2, num_sms
 
 
 @triton.jit
@@ -82,7 +83,7 @@ def _msidf_fwd_kernel(
 @triton.jit
 def _msidf_bwd_kernel(
     x_ptr, g_ptr, w_ptrs, b_ptr, m_ptr,
-    dx_ptr, dw_ptrs, db_ptr, dm_ptr, ws_ptr, cnt_ptr,
+    dx_ptr, part_ptr,
     B, D, M, ROWS,
     S: tl.constexpr, S_PAD: tl.constexpr, KS: tl.constexpr, N: tl.constexpr, P: tl.constexpr,
     T_PAD: tl.constexpr, M_PAD: tl.constexpr, BLOCK_D: tl.constexpr, NEED_DX: tl.constexpr,
@@ -133,34 +134,51 @@ def _msidf_bwd_kernel(
                 dmask = (s1[:, None] < S) & (d[None, :] < D) & row_ok
                 tl.store(dx_ptr + row64 * S * D + s1[:, None] * D + d[None, :], dxacc, mask=dmask)
 
+    # this program's partial shift correlations and gradient sum, in its own row of a fresh
+    # buffer: no atomics, and the reduction order is fixed by _msidf_bwd_reduce_kernel
     cmask = (t2 < 2 * P + 1) & (s2 < S)
-    tl.atomic_add(ws_ptr + t2 * S_PAD + s2, acc_c, mask=cmask)
-    tl.atomic_add(ws_ptr + T_PAD * S_PAD, tl.sum(acc_g, axis=0))
-    # every thread's partials must be issued before this program takes its ticket
-    tl.debug_barrier()
-    ticket = tl.atomic_add(cnt_ptr, 1)
-    if ticket == tl.num_programs(0) - 1:
-        # last program: all partials are in; read them, then leave the workspace zeroed
-        # (an atomic add of 0 reads the coherent L2 copy; the interpreter has no float xchg)
-        c = tl.atomic_add(ws_ptr + t2 * S_PAD + s2, tl.zeros([T_PAD, S_PAD], tl.float32), mask=cmask)
-        c = tl.where(cmask, c, 0.0)
-        gsum = tl.atomic_add(ws_ptr + T_PAD * S_PAD, 0.0)
-        tl.store(ws_ptr + t2 * S_PAD + s2, tl.zeros([T_PAD, S_PAD], tl.float32), mask=cmask)
-        tl.store(ws_ptr + T_PAD * S_PAD, 0.0)
-        dwvec = tl.zeros([M_PAD], tl.float32)
-        for i in tl.static_range(N):
-            wi = tl.sum(tl.where(mo == i, mix, 0.0), axis=0)
-            j = t2 - P + (KS[i] - 1) // 2
-            msk = (j >= 0) & (j < KS[i]) & (s2 < S)
-            w_i = tl.load(w_ptrs[i] + s2 * KS[i] + j, mask=msk, other=0.0).to(tl.float32)
-            tl.store(dw_ptrs[i] + s2 * KS[i] + j, wi * c, mask=msk)
-            dwvec += tl.where(mo == i, tl.sum(tl.sum(w_i * c, axis=1), axis=0), 0.0)
-        bias = tl.load(b_ptr + mo, mask=mo < N, other=0.0).to(tl.float32)
-        dwvec += bias * gsum
-        dm = mix * (dwvec - tl.sum(mix * dwvec, axis=0))
-        tl.store(dm_ptr + mo, dm, mask=mo < M)
-        tl.store(db_ptr + mo, mix * gsum, mask=mo < N)
-        tl.store(cnt_ptr, 0)
+    prow = part_ptr + pid * (T_PAD * S_PAD + 1)
+    tl.store(prow + t2 * S_PAD + s2, tl.where(cmask, acc_c, 0.0))
+    tl.store(prow + T_PAD * S_PAD, tl.sum(acc_g, axis=0))
+
+
+@triton.jit
+def _msidf_bwd_reduce_kernel(
+    part_ptr, w_ptrs, b_ptr, m_ptr, dw_ptrs, db_ptr, dm_ptr, NPROG, M,
+    S: tl.constexpr, S_PAD: tl.constexpr, KS: tl.constexpr, N: tl.constexpr, P: tl.constexpr,
+    T_PAD: tl.constexpr, M_PAD: tl.constexpr,
+):
+    # one program, launched after _msidf_bwd_kernel on the same stream: sums the partials in
+    # program order (bit-identical run to run) and turns the totals into dW, db and dm
+    mo = tl.arange(0, M_PAD)
+    ml = tl.load(m_ptr + mo, mask=mo < M, other=float("-inf")).to(tl.float32)
+    e = tl.where(mo < M, tl.exp(ml - tl.max(ml, axis=0)), 0.0)
+    mix = e / tl.sum(e, axis=0)
+    t2 = tl.arange(0, T_PAD)[:, None]
+    s2 = tl.arange(0, S_PAD)[None, :]
+    cmask = (t2 < 2 * P + 1) & (s2 < S)
+    c = tl.zeros([T_PAD, S_PAD], tl.float32)
+    gsum = tl.zeros([1], tl.float32)
+    one = tl.arange(0, 1)
+    for q in range(0, NPROG):
+        prow = part_ptr + q * (T_PAD * S_PAD + 1)
+        c += tl.load(prow + t2 * S_PAD + s2)
+        gsum += tl.load(prow + T_PAD * S_PAD + one)
+    gsum = tl.sum(gsum, axis=0)
+    c = tl.where(cmask, c, 0.0)
+    dwvec = tl.zeros([M_PAD], tl.float32)
+    for i in tl.static_range(N):
+        wi = tl.sum(tl.where(mo == i, mix, 0.0), axis=0)
+        j = t2 - P + (KS[i] - 1) // 2
+        msk = (j >= 0) & (j < KS[i]) & (s2 < S)
+        w_i = tl.load(w_ptrs[i] + s2 * KS[i] + j, mask=msk, other=0.0).to(tl.float32)
+        tl.store(dw_ptrs[i] + s2 * KS[i] + j, wi * c, mask=msk)
+        dwvec += tl.where(mo == i, tl.sum(tl.sum(w_i * c, axis=1), axis=0), 0.0)
+    bias = tl.load(b_ptr + mo, mask=mo < N, other=0.0).to(tl.float32)
+    dwvec += bias * gsum
+    dm = mix * (dwvec - tl.sum(mix * dwvec, axis=0))
+    tl.store(dm_ptr + mo, dm, mask=mo < M)
+    tl.store(db_ptr + mo, mix * gsum, mask=mo < N)
 
 
 def _check_device(x: torch.Tensor) -> None:
@@ -199,9 +217,10 @@ class _MSIDFFunction(torch.autograd.Function):
         out = torch.empty((B, D), device=x.device, dtype=out_dtype)
         if B > 0 and D > 0:
             block_d = min(1024, next_pow2(D), max(64, 4096 // meta["S_PAD"]))
-            _msidf_fwd_kernel[(triton.cdiv(D, block_d), B)](
-                x_c, ws, b_c, m_c, out, D, m_c.numel(), BLOCK_D=block_d, num_warps=4, **meta
-            )
+            with launch_guard(x_c):
+                _msidf_fwd_kernel[(triton.cdiv(D, block_d), B)](
+                    x_c, ws, b_c, m_c, out, D, m_c.numel(), BLOCK_D=block_d, num_warps=4, **meta
+                )
         ctx.save_for_backward(x_c, b_c, m_c, *ws)
         ctx.meta = meta
         return out
@@ -226,15 +245,18 @@ class _MSIDFFunction(torch.autograd.Function):
             progs = min(B, 4 * num_sms(x.device))
             rows = triton.cdiv(B, progs)
             progs = triton.cdiv(B, rows)
-            ws_len = meta["T_PAD"] * meta["S_PAD"] + 1
-            work = zeroed_workspace("msidf_bwd", x.device, ws_len, torch.float32)
-            cnt = zeroed_workspace("msidf_bwd_cnt", x.device, 1, torch.int32)
-            _msidf_bwd_kernel[(progs,)](
-                x, g, tuple(ws), b, m,
-                dx if need_dx else x, dws, db, dm, work, cnt,
-                B, D, m.numel(), rows,
-                BLOCK_D=block_d, NEED_DX=need_dx, num_warps=4, **meta,
-            )
+            # every program writes its whole row: a fresh buffer, no memset, no persistent state
+            part = torch.empty((progs, meta["T_PAD"] * meta["S_PAD"] + 1), dtype=torch.float32,
+                               device=x.device)
+            with launch_guard(x):
+                _msidf_bwd_kernel[(progs,)](
+                    x, g, tuple(ws), b, m, dx if need_dx else x, part,
+                    B, D, m.numel(), rows,
+                    BLOCK_D=block_d, NEED_DX=need_dx, num_warps=4, **meta,
+                )
+                _msidf_bwd_reduce_kernel[(1,)](
+                    part, tuple(ws), b, m, dws, db, dm, progs, m.numel(), num_warps=4, **meta,
+                )
         return (dx, db, dm, *dws)
 
 
