@@ -107,10 +107,10 @@ def _distill_bwd_kernel(
             tl.store(dp_ptr + lidx, gout * (mse - loss) * inv_p, mask=lidx < L)
 
 
-def _grid(numels: Sequence[int], block: int, device: torch.device) -> int:
+def _grid(numels: Sequence[int], block: int, sms: int) -> int:
     # enough programs to fill the GPU a few times over, never more than the biggest pair needs
     most = max(triton.cdiv(max(numels), block), 1)
-    return max(1, min(most, 4 * num_sms(device)))
+    return max(1, min(most, 4 * sms))
 
 
 _BLOCK = 4096
@@ -126,7 +126,7 @@ class _DistillFunction(torch.autograd.Function):
         L = n_pairs
         L_PAD = next_pow2(L)
         block = _BLOCK
-        nprog = _grid(numels, block, device)
+        nprog = _grid(numels, block, num_sms(device))
         # every program writes its row: a fresh buffer, no memset, no state kept between calls
         partial = torch.empty((nprog, L_PAD), dtype=torch.float32, device=device)
         loss = torch.empty((), dtype=torch.float32, device=device)
@@ -155,7 +155,7 @@ class _DistillFunction(torch.autograd.Function):
         grads = tuple(torch.empty_like(t) if n else t for t, n in zip(h, need))
         dp = torch.empty((L,), dtype=torch.float32, device=p.device)
         block = _BLOCK
-        nprog = _grid(ctx.numels, block, p.device)
+        nprog = _grid(ctx.numels, block, num_sms(p.device))
         with launch_guard(p):
             _distill_bwd_kernel[(nprog,)](
                 h_old, h, grads, ctx.numels, p, mse, loss, gout.contiguous(), dp,
@@ -185,22 +185,25 @@ def distill_loss(h_old, h, p):
     return _DistillFunction.apply(p, len(h), *h_old, *h)
 
 
-def compile_cases():
-    """Example launches for :mod:`kernels._compile_check`: 2 sources x 3 layers, ViT and CNN maps."""
-    cases = []
-    for dt in (torch.float32, torch.bfloat16, torch.float16):
-        L = 6
-        olds = tuple(torch.empty(0, dtype=dt) for _ in range(L))
-        news = tuple(torch.empty(0, dtype=dt) for _ in range(L))
-        numels = tuple([32 * 197 * 768] * 3 + [32 * 256 * 14 * 14] * 3)
-        f32 = torch.empty(0, dtype=torch.float32)
-        cnt = torch.empty(0, dtype=torch.int32)
-        args = dict(old_ptrs=olds, new_ptrs=news, numels=numels, p_ptr=f32, partial_ptr=f32,
-                    cnt_ptr=cnt, loss_ptr=f32, mse_ptr=f32)
-        cases.append((f"distill_fwd[{dt}]", _distill_fwd_kernel, args,
-                      dict(L=L, L_PAD=8, BLOCK=_BLOCK, RED=64), 8))
-        args = dict(old_ptrs=olds, new_ptrs=news, grad_ptrs=news, numels=numels, p_ptr=f32,
-                    mse_ptr=f32, loss_ptr=f32, gout_ptr=f32, dp_ptr=f32)
-        cases.append((f"distill_bwd[{dt}]", _distill_bwd_kernel, args,
-                      dict(L=L, L_PAD=8, BLOCK=_BLOCK, NEED=(True,) * L, NEED_DP=True), 8))
-    return cases
+def launch_cases(sms: int = 132):
+    """The launches of one forward and backward at the trainer's real size, argument for argument
+    as the wrappers above make them (for :mod:`kernels.resources`): 2 sources x 3 ViT-B/16 layers,
+    six (32, 197, 768) bf16 pairs, on a GPU with ``sms`` multiprocessors (H100 SXM: 132)."""
+    from kernels.resources import Launch, aligned
+
+    L, dt = 6, torch.bfloat16
+    numels = (32 * 197 * 768,) * L
+    olds = tuple(aligned(dt) for _ in range(L))
+    news = tuple(aligned(dt) for _ in range(L))
+    f32 = aligned(torch.float32)
+    nprog = _grid(numels, _BLOCK, sms)
+    cfg = f"6 x (32,197,768) bf16, {nprog} programs"
+    return [
+        Launch("distill_fwd", cfg, _distill_fwd_kernel, (nprog,), (olds, news, numels, f32),
+               dict(L=L, L_PAD=8, BLOCK=_BLOCK, num_warps=8)),
+        Launch("distill_reduce", cfg, _distill_reduce_kernel, (1,),
+               (f32, nprog, numels, f32, f32, f32), dict(L=L, L_PAD=8, RED=64, num_warps=4)),
+        Launch("distill_bwd", cfg, _distill_bwd_kernel, (nprog,),
+               (olds, news, news, numels, f32, f32, f32, f32, f32),
+               dict(L=L, L_PAD=8, BLOCK=_BLOCK, NEED=(True,) * L, NEED_DP=True, num_warps=8)),
+    ]

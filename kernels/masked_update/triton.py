@@ -262,27 +262,38 @@ def masked_sgd_step(
                    gates, grad_scale, found_inf)
 
 
-def compile_cases():
-    """Example launches for :mod:`kernels._compile_check`."""
+# One ViT-B/16 block's trainable tensors (LayerNorms, qkv, proj, MLP): the update's real workload
+# is 2 sources x 3 blocks of these (42.5M parameters), one gate per block.
+VIT_B_BLOCK_SHAPES = ((768,), (768,), (2304, 768), (2304,), (768, 768), (768,), (768,), (768,),
+                      (3072, 768), (3072,), (768, 3072), (768,))
+
+
+def launch_cases(sms: int = 132):
+    """The launches of one step over the real trainable set (2 x 3 ViT-B/16 blocks, float32
+    flat buffers, gated, with and without AMP's grad_scale), argument for argument as
+    :func:`_launch` makes them (for :mod:`kernels.resources`)."""
+    from kernels.resources import Launch, aligned
+
+    layout = FlatLayout.build([VIT_B_BLOCK_SHAPES] * 6, list(range(6)), torch.device("cpu"))
+    f32, i32, i64, u8 = (aligned(t) for t in (torch.float32, torch.int32, torch.int64, torch.uint8))
+    n, G = layout.n_blocks, layout.n_groups
+    chunk = min(_CHUNK, layout.block)
+    cfg = f"{layout.numel / 1e6:.1f}M fp32, {n} blocks of {layout.block}"
     cases = []
-    f32 = torch.empty(0, dtype=torch.float32)
-    i32 = torch.empty(0, dtype=torch.int32)
-    i64 = torch.empty(0, dtype=torch.int64)
-    u8 = torch.empty(0, dtype=torch.uint8)
-    for dt in (torch.float32, torch.bfloat16):
-        buf = torch.empty(0, dtype=dt)
-        for flags in ((True, True, True), (False, False, False)):
-            common = dict(blk_group_ptr=i32, grp_layer_ptr=i32, grp_end_ptr=i64, hp_ptr=f32,
-                          step_ptr=f32, gates_ptr=f32 if flags[0] else i64, scale_ptr=f32,
-                          inf_ptr=f32, cnt_ptr=i32, G=12)
-            const = dict(HAS_GATES=flags[0], HAS_SCALE=flags[1], HAS_INF=flags[2], G_PAD=16,
-                         BLOCK=4096, HP=HP_COLS)
-            cases.append((f"masked_adamw[{dt},{flags}]", _masked_adamw_kernel,
-                          dict(p_ptr=buf, g_ptr=buf, m_ptr=buf, v_ptr=buf, **common), const, _NUM_WARPS))
-            cases.append((f"masked_sgd[{dt},{flags}]", _masked_sgd_kernel,
-                          dict(p_ptr=buf, g_ptr=buf, buf_ptr=buf, **common), const, _NUM_WARPS))
-        cases.append((f"nonfinite[{dt}]", _nonfinite_kernel,
-                       dict(g_ptr=buf, blk_group_ptr=i32, grp_layer_ptr=i32, grp_end_ptr=i64,
-                            gates_ptr=u8, scale_ptr=f32, partial_ptr=i32, cnt_ptr=i32, out_ptr=f32),
-                       dict(HAS_GATES=True, BLOCK=4096, RED=1024), _NUM_WARPS))
+    for amp in (False, True):
+        flags = dict(HAS_GATES=True, HAS_INF=amp)
+        tables = (i32, i32, i64, f32, f32, f32, f32 if amp else i64, f32 if amp else i64)
+        const = dict(HAS_SCALE=amp, BLOCK=layout.block, CHUNK=chunk, HP=HP_COLS,
+                     num_warps=_NUM_WARPS, **flags)
+        c = cfg + (", gated, grad_scale" if amp else ", gated")
+        cases.append(Launch("masked_adamw", c, _masked_adamw_kernel, (n,), (f32,) * 4 + tables, const))
+        cases.append(Launch("masked_sgd", c, _masked_sgd_kernel, (n,), (f32,) * 3 + tables, const))
+    cases.append(Launch("masked_advance_steps", f"{G} groups", _advance_steps_kernel, (1,),
+                        (f32, i32, f32, f32, G),
+                        dict(HAS_GATES=True, HAS_INF=True, G_PAD=next_pow2(G), num_warps=4)))
+    cases.append(Launch("masked_nonfinite", cfg, _nonfinite_kernel, (n,),
+                        (f32, i32, i32, i64, f32, f32, i32),
+                        dict(HAS_GATES=True, BLOCK=layout.block, CHUNK=chunk, num_warps=_NUM_WARPS)))
+    cases.append(Launch("masked_nonfinite_any", f"{n} flags", _any_kernel, (1,), (i32, n, f32),
+                        dict(RED=1024, num_warps=4)))
     return cases

@@ -195,12 +195,26 @@ def _meta(x: torch.Tensor, weights: Sequence[torch.Tensor], mix_logits: torch.Te
     for w, k in zip(weights, ks):
         if w.shape != (S, k) or k % 2 == 0:
             raise ValueError(f"msidf weights must be (S={S}, odd k); got {tuple(w.shape)}")
+    return _meta_from(S, ks, mix_logits.numel())
+
+
+def _meta_from(S: int, ks: tuple, M: int) -> dict:
     P = max(ks) // 2
-    S_PAD = next_pow2(S)
-    return dict(
-        S=S, S_PAD=S_PAD, KS=ks, N=len(ks), P=P, T_PAD=next_pow2(2 * P + 1),
-        M_PAD=next_pow2(mix_logits.numel()),
-    )
+    return dict(S=S, S_PAD=next_pow2(S), KS=ks, N=len(ks), P=P, T_PAD=next_pow2(2 * P + 1),
+                M_PAD=next_pow2(M))
+
+
+def _fwd_block_d(D: int, meta: dict) -> int:
+    return min(1024, next_pow2(D), max(64, 4096 // meta["S_PAD"]))
+
+
+def _bwd_plan(B: int, D: int, meta: dict, sms: int):
+    """(BLOCK_D, programs, rows per program) of the backward: a few programs per SM, whole rows
+    each, so the partials to reduce stay few."""
+    block_d = min(512, next_pow2(D), max(64, 2048 // meta["S_PAD"]))
+    progs = min(B, 4 * sms)
+    rows = triton.cdiv(B, progs)
+    return block_d, triton.cdiv(B, rows), rows
 
 
 class _MSIDFFunction(torch.autograd.Function):
@@ -216,7 +230,7 @@ class _MSIDFFunction(torch.autograd.Function):
         out_dtype = torch.promote_types(x.dtype, ws[0].dtype)
         out = torch.empty((B, D), device=x.device, dtype=out_dtype)
         if B > 0 and D > 0:
-            block_d = min(1024, next_pow2(D), max(64, 4096 // meta["S_PAD"]))
+            block_d = _fwd_block_d(D, meta)
             with launch_guard(x_c):
                 _msidf_fwd_kernel[(triton.cdiv(D, block_d), B)](
                     x_c, ws, b_c, m_c, out, D, m_c.numel(), BLOCK_D=block_d, num_warps=4, **meta
@@ -241,10 +255,7 @@ class _MSIDFFunction(torch.autograd.Function):
                 if t is not None:
                     t.zero_()
         else:
-            block_d = min(512, next_pow2(D), max(64, 2048 // meta["S_PAD"]))
-            progs = min(B, 4 * num_sms(x.device))
-            rows = triton.cdiv(B, progs)
-            progs = triton.cdiv(B, rows)
+            block_d, progs, rows = _bwd_plan(B, D, meta, num_sms(x.device))
             # every program writes its whole row: a fresh buffer, no memset, no persistent state
             part = torch.empty((progs, meta["T_PAD"] * meta["S_PAD"] + 1), dtype=torch.float32,
                                device=x.device)
@@ -271,25 +282,27 @@ def msidf(x, weights, biases, mix_logits):
     return _MSIDFFunction.apply(x, biases, mix_logits, *weights)
 
 
-def compile_cases():
-    """Example launches for :mod:`kernels._compile_check` (real-size dtypes and constexprs)."""
+def launch_cases(sms: int = 132):
+    """The launches of one forward and backward at the trainer's real sizes, argument for argument
+    as the wrappers above make them (for :mod:`kernels.resources`): x (B, 2, 768) bf16 with
+    B = 32 and 256, branches k = 3, 5, three mixing logits, on a GPU with ``sms`` multiprocessors."""
+    from kernels.resources import Launch, aligned
+
+    S, D, ks, M, dt = 2, 768, (3, 5), 3, torch.bfloat16
+    x = aligned(dt)
+    ws = tuple(aligned(dt) for _ in ks)
+    b, m, f32 = aligned(dt), aligned(dt), aligned(torch.float32)
+    meta = _meta_from(S, ks, M)
     cases = []
-    for dt in (torch.float32, torch.bfloat16):
-        for ks, S in (((3, 5), 2), ((1, 3, 7), 3)):
-            x = torch.empty(0, dtype=dt)
-            ws = tuple(torch.empty(0, dtype=dt) for _ in ks)
-            b = torch.empty(0, dtype=dt)
-            m = torch.empty(0, dtype=dt)
-            P = max(ks) // 2
-            meta = dict(S=S, S_PAD=next_pow2(S), KS=ks, N=len(ks), P=P, T_PAD=next_pow2(2 * P + 1),
-                        M_PAD=4)
-            fwd_args = dict(x_ptr=x, w_ptrs=ws, b_ptr=b, m_ptr=m, out_ptr=x, D=768, M=3)
-            cases.append((f"msidf_fwd[{dt},{ks}]", _msidf_fwd_kernel, fwd_args,
-                          dict(meta, BLOCK_D=1024), 4))
-            cnt = torch.empty(0, dtype=torch.int32)
-            w32 = torch.empty(0, dtype=torch.float32)
-            bwd_args = dict(x_ptr=x, g_ptr=x, w_ptrs=ws, b_ptr=b, m_ptr=m, dx_ptr=x, dw_ptrs=ws,
-                            db_ptr=b, dm_ptr=m, ws_ptr=w32, cnt_ptr=cnt, B=256, D=768, M=3, ROWS=2)
-            cases.append((f"msidf_bwd[{dt},{ks}]", _msidf_bwd_kernel, bwd_args,
-                          dict(meta, BLOCK_D=512, NEED_DX=True), 4))
+    for B in (32, 256):
+        cfg = f"B={B} S={S} D={D} k={ks} bf16"
+        cases.append(Launch("msidf_fwd", cfg, _msidf_fwd_kernel,
+                            (triton.cdiv(D, _fwd_block_d(D, meta)), B), (x, ws, b, m, x, D, M),
+                            dict(BLOCK_D=_fwd_block_d(D, meta), num_warps=4, **meta)))
+        block_d, progs, rows = _bwd_plan(B, D, meta, sms)
+        cases.append(Launch("msidf_bwd", cfg + f", {progs} programs", _msidf_bwd_kernel, (progs,),
+                            (x, x, ws, b, m, x, f32, B, D, M, rows),
+                            dict(BLOCK_D=block_d, NEED_DX=True, num_warps=4, **meta)))
+        cases.append(Launch("msidf_bwd_reduce", cfg, _msidf_bwd_reduce_kernel, (1,),
+                            (f32, ws, b, m, ws, b, m, progs, M), dict(num_warps=4, **meta)))
     return cases
