@@ -23,18 +23,23 @@ import torch
 import triton
 import triton.language as tl
 
+from torch.library import wrap_triton
+
 from kernels._util import interpret_mode, launch_guard, next_pow2, num_sms
 
 
 @triton.jit
 def _distill_fwd_kernel(
-    old_ptrs, new_ptrs, numels, partial_ptr,
+    o0, o1, o2, o3, o4, o5, o6, o7, n0, n1, n2, n3, n4, n5, n6, n7, numels, partial_ptr, col0,
     L: tl.constexpr, L_PAD: tl.constexpr, BLOCK: tl.constexpr,
 ):
+    # one chunk of at most MAX_PAIRS pairs: pair l of the chunk is column col0 + l of the partials
+    old_ptrs = (o0, o1, o2, o3, o4, o5, o6, o7)
+    new_ptrs = (n0, n1, n2, n3, n4, n5, n6, n7)
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
-    lidx = tl.arange(0, L_PAD)
-    sums = tl.zeros([L_PAD], tl.float32)
+    lidx = tl.arange(0, 8)
+    sums = tl.zeros([8], tl.float32)
     for l in tl.static_range(L):
         acc = tl.zeros([BLOCK], tl.float32)
         # int64 offsets: the last block of a tensor near 2^31 elements must not wrap
@@ -47,7 +52,7 @@ def _distill_fwd_kernel(
             acc += diff * diff
         sums += tl.where(lidx == l, tl.sum(acc, axis=0), 0.0)
     # this program's row of a fresh buffer; _distill_reduce_kernel folds the rows in order
-    tl.store(partial_ptr + pid * L_PAD + lidx, sums)
+    tl.store(partial_ptr + pid * L_PAD + col0 + lidx, sums, mask=lidx < L)
 
 
 @triton.jit
@@ -79,20 +84,25 @@ def _distill_reduce_kernel(
 
 @triton.jit
 def _distill_bwd_kernel(
-    old_ptrs, new_ptrs, grad_ptrs, numels, p_ptr, mse_ptr, loss_ptr, gout_ptr, dp_ptr,
-    L: tl.constexpr, L_PAD: tl.constexpr, BLOCK: tl.constexpr, NEED: tl.constexpr,
-    NEED_DP: tl.constexpr,
+    o0, o1, o2, o3, o4, o5, o6, o7, n0, n1, n2, n3, n4, n5, n6, n7,
+    d0, d1, d2, d3, d4, d5, d6, d7, numels, col0, p_ptr, mse_ptr, loss_ptr, gout_ptr, dp_ptr,
+    L: tl.constexpr, L_ALL: tl.constexpr, L_PAD: tl.constexpr, BLOCK: tl.constexpr,
+    NEED: tl.constexpr, NEED_DP: tl.constexpr,
 ):
+    # one chunk of at most MAX_PAIRS pairs (pairs col0 .. col0 + L - 1 of all L_ALL)
+    old_ptrs = (o0, o1, o2, o3, o4, o5, o6, o7)
+    new_ptrs = (n0, n1, n2, n3, n4, n5, n6, n7)
+    grad_ptrs = (d0, d1, d2, d3, d4, d5, d6, d7)
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
     lidx = tl.arange(0, L_PAD)
     gout = tl.load(gout_ptr).to(tl.float32)
-    p = tl.load(p_ptr + lidx, mask=lidx < L, other=0.0).to(tl.float32)
+    p = tl.load(p_ptr + lidx, mask=lidx < L_ALL, other=0.0).to(tl.float32)
     psum = tl.sum(p, axis=0)
     inv_p = tl.where(psum > 0, 1.0 / tl.maximum(psum, 1e-30), 0.0)
     for l in tl.static_range(L):
         if NEED[l]:
-            p_l = tl.sum(tl.where(lidx == l, p, 0.0), axis=0)
+            p_l = tl.sum(tl.where(lidx == col0 + l, p, 0.0), axis=0)
             coef = gout * p_l * inv_p * 2.0 / (numels[l] * 1.0)
             for start in range(pid.to(tl.int64) * BLOCK, numels[l], nprog * BLOCK):
                 offs = start + tl.arange(0, BLOCK)
@@ -102,9 +112,9 @@ def _distill_bwd_kernel(
                 tl.store(grad_ptrs[l] + offs, coef * (b - a), mask=mask)
     if NEED_DP:
         if pid == 0:
-            mse = tl.load(mse_ptr + lidx, mask=lidx < L, other=0.0)
+            mse = tl.load(mse_ptr + lidx, mask=lidx < L_ALL, other=0.0)
             loss = tl.load(loss_ptr)
-            tl.store(dp_ptr + lidx, gout * (mse - loss) * inv_p, mask=lidx < L)
+            tl.store(dp_ptr + lidx, gout * (mse - loss) * inv_p, mask=lidx < L_ALL)
 
 
 def _grid(numels: Sequence[int], block: int, sms: int) -> int:
@@ -116,57 +126,94 @@ def _grid(numels: Sequence[int], block: int, sms: int) -> int:
 _BLOCK = 4096
 
 
+# pointer slots per launch: torch's triton-op tracing cannot carry tuples of tensors, so each
+# tensor is its own kernel argument; more pairs are processed in chunks of MAX_PAIRS
+MAX_PAIRS = 8
+
+
+def _slots(ts):
+    return tuple(ts) + (ts[0],) * (MAX_PAIRS - len(ts))
+
+
+def _chunks(n: int):
+    return [(c, min(MAX_PAIRS, n - c)) for c in range(0, n, MAX_PAIRS)]
+
+
+def forward(h_old, h, p):
+    """Triton forward: ``(loss, mse)`` (float32 scalar and per-pair means). One launch per
+    MAX_PAIRS pairs writing per-program partials, then one program reducing them in a fixed
+    order. Also the body of ``torch.ops.lmsrr.distill`` on CUDA (launches via ``wrap_triton``)."""
+    check_args(h_old, h, p)
+    h_old = tuple(t.detach().contiguous() for t in h_old)
+    h = tuple(t.contiguous() for t in h)
+    device = p.device
+    numels = tuple(int(t.numel()) for t in h)
+    L = len(h)
+    L_PAD = next_pow2(L)
+    nprog = _grid(numels, _BLOCK, num_sms(device))
+    # every program writes its row: a fresh buffer, no memset, no state kept between calls
+    partial = torch.empty((nprog, L_PAD), dtype=torch.float32, device=device)
+    loss = torch.empty((), dtype=torch.float32, device=device)
+    mse = torch.empty((L,), dtype=torch.float32, device=device)
+    p_c = p.contiguous()
+    with launch_guard(p_c):
+        for c0, lc in _chunks(L):
+            wrap_triton(_distill_fwd_kernel)[(nprog,)](
+                *_slots(h_old[c0:c0 + lc]), *_slots(h[c0:c0 + lc]), numels[c0:c0 + lc], partial,
+                c0, L=lc, L_PAD=L_PAD, BLOCK=_BLOCK, num_warps=8,
+            )
+        wrap_triton(_distill_reduce_kernel)[(1,)](
+            partial, nprog, numels, p_c, loss, mse, L=L, L_PAD=L_PAD, RED=64, num_warps=4,
+        )
+    return loss, mse
+
+
+def backward(gout, h_old, h, p, mse, loss, need_h, need_dp: bool):
+    """Triton backward: ``(dp or None, [dh_l or None])``, dh read-once write-once per pair.
+    Also the body of ``torch.ops.lmsrr.distill_backward`` on CUDA."""
+    h_old = tuple(t.detach().contiguous() for t in h_old)
+    h = tuple(t.contiguous() for t in h)
+    L = len(h)
+    numels = tuple(int(t.numel()) for t in h)
+    need = tuple(bool(x) for x in need_h)
+    grads = [torch.empty_like(t) if n else t for t, n in zip(h, need)]
+    dp = torch.empty((L,), dtype=torch.float32, device=p.device)
+    nprog = _grid(numels, _BLOCK, num_sms(p.device))
+    p_c, g = p.contiguous(), gout.contiguous()
+    with launch_guard(p_c):
+        for k, (c0, lc) in enumerate(_chunks(L)):
+            sl = slice(c0, c0 + lc)
+            wrap_triton(_distill_bwd_kernel)[(nprog,)](
+                *_slots(h_old[sl]), *_slots(h[sl]), *_slots(grads[sl]), numels[sl], c0, p_c, mse,
+                loss, g, dp, L=lc, L_ALL=L, L_PAD=next_pow2(L), BLOCK=_BLOCK, NEED=need[sl],
+                NEED_DP=need_dp and k == 0, num_warps=8,
+            )
+    dh = [t if n else None for t, n in zip(grads, need)]
+    return (dp.to(p.dtype) if need_dp else None), dh
+
+
 class _DistillFunction(torch.autograd.Function):
+    """The Triton kernels under autograd without the custom op: the path of a forced ``triton``
+    backend on CPU tensors (the interpreter), where the op's CPU kernel is the reference."""
+
     @staticmethod
     def forward(ctx, p, n_pairs, *tensors):
-        h_old = tuple(t.detach().contiguous() for t in tensors[:n_pairs])
-        h = tuple(t.contiguous() for t in tensors[n_pairs:])
-        device = p.device
-        numels = tuple(int(t.numel()) for t in h)
-        L = n_pairs
-        L_PAD = next_pow2(L)
-        block = _BLOCK
-        nprog = _grid(numels, block, num_sms(device))
-        # every program writes its row: a fresh buffer, no memset, no state kept between calls
-        partial = torch.empty((nprog, L_PAD), dtype=torch.float32, device=device)
-        loss = torch.empty((), dtype=torch.float32, device=device)
-        mse = torch.empty((L,), dtype=torch.float32, device=device)
-        p_c = p.contiguous()
-        with launch_guard(p_c):
-            _distill_fwd_kernel[(nprog,)](
-                h_old, h, numels, partial, L=L, L_PAD=L_PAD, BLOCK=block, num_warps=8,
-            )
-            _distill_reduce_kernel[(1,)](
-                partial, nprog, numels, p_c, loss, mse, L=L, L_PAD=L_PAD, RED=64, num_warps=4,
-            )
-        ctx.save_for_backward(p_c, mse, loss, *h_old, *h)
+        h_old, h = tensors[:n_pairs], tensors[n_pairs:]
+        loss, mse = forward(h_old, h, p)
+        ctx.save_for_backward(p, mse, loss, *h_old, *h)
         ctx.n_pairs = n_pairs
-        ctx.numels = numels
-        ctx.p_dtype = p.dtype
         return loss
 
     @staticmethod
     def backward(ctx, gout):
         p, mse, loss, *rest = ctx.saved_tensors
         L = ctx.n_pairs
-        h_old, h = tuple(rest[:L]), tuple(rest[L:])
-        need = tuple(bool(x) for x in ctx.needs_input_grad[2 + L:])
-        need_dp = bool(ctx.needs_input_grad[0])
-        grads = tuple(torch.empty_like(t) if n else t for t, n in zip(h, need))
-        dp = torch.empty((L,), dtype=torch.float32, device=p.device)
-        block = _BLOCK
-        nprog = _grid(ctx.numels, block, num_sms(p.device))
-        with launch_guard(p):
-            _distill_bwd_kernel[(nprog,)](
-                h_old, h, grads, ctx.numels, p, mse, loss, gout.contiguous(), dp,
-                L=L, L_PAD=next_pow2(L), BLOCK=block, NEED=need, NEED_DP=need_dp, num_warps=8,
-            )
-        dh = [g if n else None for g, n in zip(grads, need)]
-        return (dp.to(ctx.p_dtype) if need_dp else None, None, *([None] * L), *dh)
+        need = ctx.needs_input_grad[2 + L:]
+        dp, dh = backward(gout, rest[:L], rest[L:], p, mse, loss, need, bool(ctx.needs_input_grad[0]))
+        return (dp, None, *([None] * L), *dh)
 
 
-def distill_loss(h_old, h, p):
-    """Triton distillation loss, same contract as :func:`kernels.distill.reference.distill_loss`."""
+def check_args(h_old, h, p):
     if len(h_old) != len(h) or len(h) != p.numel():
         raise ValueError(
             f"distill_loss needs one weight per layer pair: got {len(h_old)} old, {len(h)} new, "
@@ -182,6 +229,11 @@ def distill_loss(h_old, h, p):
             "the Triton distill kernel needs CUDA tensors, or TRITON_INTERPRET=1 set before triton "
             "is imported to run on CPU tensors"
         )
+
+
+def distill_loss(h_old, h, p):
+    """Triton distillation loss, same contract as :func:`kernels.distill.reference.distill_loss`."""
+    check_args(h_old, h, p)
     return _DistillFunction.apply(p, len(h), *h_old, *h)
 
 
@@ -199,11 +251,13 @@ def launch_cases(sms: int = 132):
     nprog = _grid(numels, _BLOCK, sms)
     cfg = f"6 x (32,197,768) bf16, {nprog} programs"
     return [
-        Launch("distill_fwd", cfg, _distill_fwd_kernel, (nprog,), (olds, news, numels, f32),
+        Launch("distill_fwd", cfg, _distill_fwd_kernel, (nprog,),
+               (*_slots(olds), *_slots(news), numels, f32, 0),
                dict(L=L, L_PAD=8, BLOCK=_BLOCK, num_warps=8)),
         Launch("distill_reduce", cfg, _distill_reduce_kernel, (1,),
                (f32, nprog, numels, f32, f32, f32), dict(L=L, L_PAD=8, RED=64, num_warps=4)),
         Launch("distill_bwd", cfg, _distill_bwd_kernel, (nprog,),
-               (olds, news, news, numels, f32, f32, f32, f32, f32),
-               dict(L=L, L_PAD=8, BLOCK=_BLOCK, NEED=(True,) * L, NEED_DP=True, num_warps=8)),
+               (*_slots(olds), *_slots(news), *_slots(news), numels, 0, f32, f32, f32, f32, f32),
+               dict(L=L, L_ALL=L, L_PAD=8, BLOCK=_BLOCK, NEED=(True,) * L, NEED_DP=True,
+                    num_warps=8)),
     ]

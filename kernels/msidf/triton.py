@@ -35,16 +35,23 @@ import torch
 import triton
 import triton.language as tl
 
+from torch.library import wrap_triton
+
 from kernels._util import interpret_mode, launch_guard, next_pow2, num_sms
+
+# pointer slots for the branch weights: torch's triton-op tracing cannot carry tuples of tensors,
+# so each weight is its own kernel argument
+MAX_BRANCHES = 4
 
 
 @triton.jit
 def _msidf_fwd_kernel(
-    x_ptr, w_ptrs, b_ptr, m_ptr, out_ptr,
+    x_ptr, w0, w1, w2, w3, b_ptr, m_ptr, out_ptr,
     D, M,
     S: tl.constexpr, S_PAD: tl.constexpr, KS: tl.constexpr, N: tl.constexpr, P: tl.constexpr,
     T_PAD: tl.constexpr, M_PAD: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
+    w_ptrs = (w0, w1, w2, w3)
     pid_d = tl.program_id(0)
     row = tl.program_id(1).to(tl.int64)
 
@@ -82,12 +89,13 @@ def _msidf_fwd_kernel(
 
 @triton.jit
 def _msidf_bwd_kernel(
-    x_ptr, g_ptr, w_ptrs, b_ptr, m_ptr,
+    x_ptr, g_ptr, w0, w1, w2, w3, b_ptr, m_ptr,
     dx_ptr, part_ptr,
     B, D, M, ROWS,
     S: tl.constexpr, S_PAD: tl.constexpr, KS: tl.constexpr, N: tl.constexpr, P: tl.constexpr,
     T_PAD: tl.constexpr, M_PAD: tl.constexpr, BLOCK_D: tl.constexpr, NEED_DX: tl.constexpr,
 ):
+    w_ptrs = (w0, w1, w2, w3)
     pid = tl.program_id(0)
 
     mo = tl.arange(0, M_PAD)
@@ -144,12 +152,14 @@ def _msidf_bwd_kernel(
 
 @triton.jit
 def _msidf_bwd_reduce_kernel(
-    part_ptr, w_ptrs, b_ptr, m_ptr, dw_ptrs, db_ptr, dm_ptr, NPROG, M,
+    part_ptr, w0, w1, w2, w3, b_ptr, m_ptr, dw0, dw1, dw2, dw3, db_ptr, dm_ptr, NPROG, M,
     S: tl.constexpr, S_PAD: tl.constexpr, KS: tl.constexpr, N: tl.constexpr, P: tl.constexpr,
     T_PAD: tl.constexpr, M_PAD: tl.constexpr,
 ):
     # one program, launched after _msidf_bwd_kernel on the same stream: sums the partials in
     # program order (bit-identical run to run) and turns the totals into dW, db and dm
+    w_ptrs = (w0, w1, w2, w3)
+    dw_ptrs = (dw0, dw1, dw2, dw3)
     mo = tl.arange(0, M_PAD)
     ml = tl.load(m_ptr + mo, mask=mo < M, other=float("-inf")).to(tl.float32)
     e = tl.where(mo < M, tl.exp(ml - tl.max(ml, axis=0)), 0.0)
@@ -217,68 +227,95 @@ def _bwd_plan(B: int, D: int, meta: dict, sms: int):
     return block_d, triton.cdiv(B, rows), rows
 
 
+def _slots(ts):
+    # the kernels take MAX_BRANCHES pointer slots; unused ones repeat the first (never read)
+    return tuple(ts) + (ts[0],) * (MAX_BRANCHES - len(ts))
+
+
+def forward(x, weights, biases, mix_logits):
+    """Triton forward: ``out (B, D)``; one launch. Also the body of ``torch.ops.lmsrr.msidf`` on
+    CUDA, so launches go through ``wrap_triton`` (traceable by torch.compile)."""
+    _check_device(x)
+    x_c = x.contiguous()
+    ws = tuple(w.contiguous() for w in weights)
+    b_c, m_c = biases.contiguous(), mix_logits.contiguous()
+    B, S, D = x_c.shape
+    meta = _meta(x_c, ws, m_c)
+    out = torch.empty((B, D), device=x.device, dtype=torch.promote_types(x.dtype, ws[0].dtype))
+    if B > 0 and D > 0:
+        block_d = _fwd_block_d(D, meta)
+        with launch_guard(x_c):
+            wrap_triton(_msidf_fwd_kernel)[(triton.cdiv(D, block_d), B)](
+                x_c, *_slots(ws), b_c, m_c, out, D, m_c.numel(), BLOCK_D=block_d, num_warps=4,
+                **meta,
+            )
+    return out
+
+
+def backward(gout, x, weights, biases, mix_logits, need_dx: bool = True):
+    """Triton backward: ``(dx or None, db, dm, [dW_i])``; two launches (partials, then one
+    program reducing them in a fixed order). Also the body of ``torch.ops.lmsrr.msidf_backward``."""
+    _check_device(x)
+    x = x.contiguous()
+    ws = tuple(w.contiguous() for w in weights)
+    b, m = biases.contiguous(), mix_logits.contiguous()
+    meta = _meta(x, ws, m)
+    B, S, D = x.shape
+    g = gout.contiguous()
+    dx = torch.empty_like(x) if need_dx else None
+    dws = [torch.empty_like(w) for w in ws]
+    db = torch.empty_like(b)
+    dm = torch.empty_like(m)
+    if B == 0 or D == 0:
+        for t in (dx, db, dm, *dws):
+            if t is not None:
+                t.zero_()
+        return dx, db, dm, dws
+    block_d, progs, rows = _bwd_plan(B, D, meta, num_sms(x.device))
+    # every program writes its whole row: a fresh buffer, no memset, no persistent state
+    part = torch.empty((progs, meta["T_PAD"] * meta["S_PAD"] + 1), dtype=torch.float32,
+                       device=x.device)
+    with launch_guard(x):
+        wrap_triton(_msidf_bwd_kernel)[(progs,)](
+            x, g, *_slots(ws), b, m, dx if need_dx else x, part, B, D, m.numel(), rows,
+            BLOCK_D=block_d, NEED_DX=need_dx, num_warps=4, **meta,
+        )
+        wrap_triton(_msidf_bwd_reduce_kernel)[(1,)](
+            part, *_slots(ws), b, m, *_slots(dws), db, dm, progs, m.numel(), num_warps=4, **meta,
+        )
+    return dx, db, dm, dws
+
+
 class _MSIDFFunction(torch.autograd.Function):
+    """The Triton kernels under autograd without the custom op: the path of a forced ``triton``
+    backend on CPU tensors (the interpreter), where the op's CPU kernel is the reference."""
+
     @staticmethod
     def forward(ctx, x, biases, mix_logits, *weights):
-        _check_device(x)
-        x_c = x.contiguous()
-        ws = tuple(w.contiguous() for w in weights)
-        b_c = biases.contiguous()
-        m_c = mix_logits.contiguous()
-        B, S, D = x_c.shape
-        meta = _meta(x_c, ws, m_c)
-        out_dtype = torch.promote_types(x.dtype, ws[0].dtype)
-        out = torch.empty((B, D), device=x.device, dtype=out_dtype)
-        if B > 0 and D > 0:
-            block_d = _fwd_block_d(D, meta)
-            with launch_guard(x_c):
-                _msidf_fwd_kernel[(triton.cdiv(D, block_d), B)](
-                    x_c, ws, b_c, m_c, out, D, m_c.numel(), BLOCK_D=block_d, num_warps=4, **meta
-                )
-        ctx.save_for_backward(x_c, b_c, m_c, *ws)
-        ctx.meta = meta
-        return out
+        ctx.save_for_backward(x, biases, mix_logits, *weights)
+        return forward(x, weights, biases, mix_logits)
 
     @staticmethod
     def backward(ctx, gout):
         x, b, m, *ws = ctx.saved_tensors
-        meta = ctx.meta
-        B, S, D = x.shape
-        g = gout.contiguous()
-        need_dx = ctx.needs_input_grad[0]
-        dx = torch.empty_like(x) if need_dx else None
-        dws = tuple(torch.empty_like(w) for w in ws)
-        db = torch.empty_like(b)
-        dm = torch.empty_like(m)
-        if B == 0 or D == 0:
-            for t in (dx, db, dm, *dws):
-                if t is not None:
-                    t.zero_()
-        else:
-            block_d, progs, rows = _bwd_plan(B, D, meta, num_sms(x.device))
-            # every program writes its whole row: a fresh buffer, no memset, no persistent state
-            part = torch.empty((progs, meta["T_PAD"] * meta["S_PAD"] + 1), dtype=torch.float32,
-                               device=x.device)
-            with launch_guard(x):
-                _msidf_bwd_kernel[(progs,)](
-                    x, g, tuple(ws), b, m, dx if need_dx else x, part,
-                    B, D, m.numel(), rows,
-                    BLOCK_D=block_d, NEED_DX=need_dx, num_warps=4, **meta,
-                )
-                _msidf_bwd_reduce_kernel[(1,)](
-                    part, tuple(ws), b, m, dws, db, dm, progs, m.numel(), num_warps=4, **meta,
-                )
+        dx, db, dm, dws = backward(gout, x, ws, b, m, bool(ctx.needs_input_grad[0]))
         return (dx, db, dm, *dws)
 
 
-def msidf(x, weights, biases, mix_logits):
-    """Triton MSIDF fusion, same contract as :func:`kernels.msidf.reference.msidf`."""
+def check_args(weights, biases, mix_logits):
     if len(weights) == 0:
         raise ValueError("msidf needs at least one branch")
+    if len(weights) > MAX_BRANCHES:
+        raise ValueError(f"the Triton msidf takes at most {MAX_BRANCHES} branches, got {len(weights)}")
     if mix_logits.numel() < len(weights):
         raise ValueError(f"need at least {len(weights)} mixing logits, got {mix_logits.numel()}")
     if biases.numel() != len(weights):
         raise ValueError(f"need one bias per branch: {biases.numel()} biases, {len(weights)} branches")
+
+
+def msidf(x, weights, biases, mix_logits):
+    """Triton MSIDF fusion, same contract as :func:`kernels.msidf.reference.msidf`."""
+    check_args(weights, biases, mix_logits)
     return _MSIDFFunction.apply(x, biases, mix_logits, *weights)
 
 
@@ -297,12 +334,12 @@ def launch_cases(sms: int = 132):
     for B in (32, 256):
         cfg = f"B={B} S={S} D={D} k={ks} bf16"
         cases.append(Launch("msidf_fwd", cfg, _msidf_fwd_kernel,
-                            (triton.cdiv(D, _fwd_block_d(D, meta)), B), (x, ws, b, m, x, D, M),
+                            (triton.cdiv(D, _fwd_block_d(D, meta)), B), (x, *_slots(ws), b, m, x, D, M),
                             dict(BLOCK_D=_fwd_block_d(D, meta), num_warps=4, **meta)))
         block_d, progs, rows = _bwd_plan(B, D, meta, sms)
         cases.append(Launch("msidf_bwd", cfg + f", {progs} programs", _msidf_bwd_kernel, (progs,),
-                            (x, x, ws, b, m, x, f32, B, D, M, rows),
+                            (x, x, *_slots(ws), b, m, x, f32, B, D, M, rows),
                             dict(BLOCK_D=block_d, NEED_DX=True, num_warps=4, **meta)))
         cases.append(Launch("msidf_bwd_reduce", cfg, _msidf_bwd_reduce_kernel, (1,),
-                            (f32, ws, b, m, ws, b, m, progs, M), dict(num_warps=4, **meta)))
+                            (f32, *_slots(ws), b, m, *_slots(ws), b, m, progs, M), dict(num_warps=4, **meta)))
     return cases
