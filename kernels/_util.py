@@ -33,3 +33,10 @@ def launch_guard(t: torch.Tensor):
     if t.device.type == "cuda":
         return torch.cuda.device(t.device)
     return contextlib.nullcontext()
+
+
+def scratch(shape, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Per-call scratch for a two-launch reduction, uninitialised: the first launch writes every
+    slot before the second reads any, so its previous content never matters (no memset, and
+    nothing outlives the call: safe under CUDA graphs, streams and devices)."""
+    return torch.empty(shape, dtype=dtype, device=device)

@@ -25,6 +25,7 @@ import triton.language as tl
 
 from torch.library import wrap_triton
 
+from kernels import _util
 from kernels._util import interpret_mode, launch_guard, next_pow2, num_sms
 
 
@@ -152,7 +153,7 @@ def forward(h_old, h, p):
     L_PAD = next_pow2(L)
     nprog = _grid(numels, _BLOCK, num_sms(device))
     # every program writes its row: a fresh buffer, no memset, no state kept between calls
-    partial = torch.empty((nprog, L_PAD), dtype=torch.float32, device=device)
+    partial = _util.scratch((nprog, L_PAD), torch.float32, device)
     loss = torch.empty((), dtype=torch.float32, device=device)
     mse = torch.empty((L,), dtype=torch.float32, device=device)
     p_c = p.contiguous()

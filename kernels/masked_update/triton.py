@@ -20,6 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels import _util
 from kernels._util import interpret_mode, launch_guard, next_pow2
 from kernels.masked_update.layout import FlatLayout
 from kernels.masked_update.reference import HP_COLS
@@ -208,7 +209,7 @@ def _nonfinite(layout, grads, gates, grad_scale, tables, dummy) -> torch.Tensor:
     # two launches, no persistent state: per-block flags into a fresh buffer (every program
     # writes its slot, so no memset), then one program folds them
     out = torch.empty((), dtype=torch.float32, device=grads.device)
-    partial = torch.empty(layout.n_blocks, dtype=torch.int32, device=grads.device)
+    partial = _util.scratch(layout.n_blocks, torch.int32, grads.device)
     _nonfinite_kernel[(layout.n_blocks,)](
         grads, tables["block_group"], tables["group_layer"], tables["group_stop"],
         gates if gates is not None else dummy, grad_scale, partial,

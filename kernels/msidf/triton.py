@@ -37,6 +37,7 @@ import triton.language as tl
 
 from torch.library import wrap_triton
 
+from kernels import _util
 from kernels._util import interpret_mode, launch_guard, next_pow2, num_sms
 
 # pointer slots for the branch weights: torch's triton-op tracing cannot carry tuples of tensors,
@@ -273,8 +274,7 @@ def backward(gout, x, weights, biases, mix_logits, need_dx: bool = True):
         return dx, db, dm, dws
     block_d, progs, rows = _bwd_plan(B, D, meta, num_sms(x.device))
     # every program writes its whole row: a fresh buffer, no memset, no persistent state
-    part = torch.empty((progs, meta["T_PAD"] * meta["S_PAD"] + 1), dtype=torch.float32,
-                       device=x.device)
+    part = _util.scratch((progs, meta["T_PAD"] * meta["S_PAD"] + 1), torch.float32, x.device)
     with launch_guard(x):
         wrap_triton(_msidf_bwd_kernel)[(progs,)](
             x, g, *_slots(ws), b, m, dx if need_dx else x, part, B, D, m.numel(), rows,
