@@ -145,17 +145,17 @@ def _msidf_bwd_kernel(
 
     # this program's partial shift correlations and gradient sum, in its own row of a fresh
     # buffer: no atomics, and the reduction order is fixed by _msidf_bwd_reduce_kernel
+    # (layout: NPROG tiles of T_PAD x S_PAD, then NPROG gradient sums)
     cmask = (t2 < 2 * P + 1) & (s2 < S)
-    prow = part_ptr + pid * (T_PAD * S_PAD + 1)
-    tl.store(prow + t2 * S_PAD + s2, tl.where(cmask, acc_c, 0.0))
-    tl.store(prow + T_PAD * S_PAD, tl.sum(acc_g, axis=0))
+    tl.store(part_ptr + pid * (T_PAD * S_PAD) + t2 * S_PAD + s2, tl.where(cmask, acc_c, 0.0))
+    tl.store(part_ptr + tl.num_programs(0) * (T_PAD * S_PAD) + pid, tl.sum(acc_g, axis=0))
 
 
 @triton.jit
 def _msidf_bwd_reduce_kernel(
     part_ptr, w0, w1, w2, w3, b_ptr, m_ptr, dw0, dw1, dw2, dw3, db_ptr, dm_ptr, NPROG, M,
     S: tl.constexpr, S_PAD: tl.constexpr, KS: tl.constexpr, N: tl.constexpr, P: tl.constexpr,
-    T_PAD: tl.constexpr, M_PAD: tl.constexpr,
+    T_PAD: tl.constexpr, M_PAD: tl.constexpr, RED: tl.constexpr,
 ):
     # one program, launched after _msidf_bwd_kernel on the same stream: sums the partials in
     # program order (bit-identical run to run) and turns the totals into dW, db and dm
@@ -168,13 +168,17 @@ def _msidf_bwd_reduce_kernel(
     t2 = tl.arange(0, T_PAD)[:, None]
     s2 = tl.arange(0, S_PAD)[None, :]
     cmask = (t2 < 2 * P + 1) & (s2 < S)
+    # RED partials per iteration, summed as a tile: a fixed reduction tree, few dependent loads
+    q1 = tl.arange(0, RED)
+    q3 = q1[:, None, None]
+    tile = (t2 * S_PAD + s2)[None, :, :]
     c = tl.zeros([T_PAD, S_PAD], tl.float32)
-    gsum = tl.zeros([1], tl.float32)
-    one = tl.arange(0, 1)
-    for q in range(0, NPROG):
-        prow = part_ptr + q * (T_PAD * S_PAD + 1)
-        c += tl.load(prow + t2 * S_PAD + s2)
-        gsum += tl.load(prow + T_PAD * S_PAD + one)
+    gsum = tl.zeros([RED], tl.float32)
+    for q0 in range(0, NPROG, RED):
+        rows = q0 + q3
+        c += tl.sum(tl.load(part_ptr + rows * (T_PAD * S_PAD) + tile, mask=rows < NPROG, other=0.0),
+                    axis=0)
+        gsum += tl.load(part_ptr + NPROG * (T_PAD * S_PAD) + q0 + q1, mask=q0 + q1 < NPROG, other=0.0)
     gsum = tl.sum(gsum, axis=0)
     c = tl.where(cmask, c, 0.0)
     dwvec = tl.zeros([M_PAD], tl.float32)
@@ -213,6 +217,10 @@ def _meta_from(S: int, ks: tuple, M: int) -> dict:
     P = max(ks) // 2
     return dict(S=S, S_PAD=next_pow2(S), KS=ks, N=len(ks), P=P, T_PAD=next_pow2(2 * P + 1),
                 M_PAD=next_pow2(M))
+
+
+# partial rows the reduce launch sums per iteration
+_RED = 32
 
 
 def _fwd_block_d(D: int, meta: dict) -> int:
@@ -274,14 +282,15 @@ def backward(gout, x, weights, biases, mix_logits, need_dx: bool = True):
         return dx, db, dm, dws
     block_d, progs, rows = _bwd_plan(B, D, meta, num_sms(x.device))
     # every program writes its whole row: a fresh buffer, no memset, no persistent state
-    part = _util.scratch((progs, meta["T_PAD"] * meta["S_PAD"] + 1), torch.float32, x.device)
+    part = _util.scratch(progs * (meta["T_PAD"] * meta["S_PAD"] + 1), torch.float32, x.device)
     with launch_guard(x):
         wrap_triton(_msidf_bwd_kernel)[(progs,)](
             x, g, *_slots(ws), b, m, dx if need_dx else x, part, B, D, m.numel(), rows,
             BLOCK_D=block_d, NEED_DX=need_dx, num_warps=4, **meta,
         )
         wrap_triton(_msidf_bwd_reduce_kernel)[(1,)](
-            part, *_slots(ws), b, m, *_slots(dws), db, dm, progs, m.numel(), num_warps=4, **meta,
+            part, *_slots(ws), b, m, *_slots(dws), db, dm, progs, m.numel(), RED=_RED, num_warps=4,
+            **meta,
         )
     return dx, db, dm, dws
 
@@ -341,5 +350,6 @@ def launch_cases(sms: int = 132):
                             (x, x, *_slots(ws), b, m, x, f32, B, D, M, rows),
                             dict(BLOCK_D=block_d, NEED_DX=True, num_warps=4, **meta)))
         cases.append(Launch("msidf_bwd_reduce", cfg, _msidf_bwd_reduce_kernel, (1,),
-                            (f32, *_slots(ws), b, m, *_slots(ws), b, m, progs, M), dict(num_warps=4, **meta)))
+                            (f32, *_slots(ws), b, m, *_slots(ws), b, m, progs, M),
+                            dict(RED=_RED, num_warps=4, **meta)))
     return cases

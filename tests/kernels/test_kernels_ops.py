@@ -210,8 +210,8 @@ def test_scratch_content_never_read(device, backend, monkeypatch):
 
     clean = run()
     monkeypatch.setattr(_util, "scratch",
-                        lambda shape, dtype, dev: torch.full(shape, float("nan") if dtype.is_floating_point else 7,
-                                                             dtype=dtype, device=dev))
+                        lambda shape, dtype, dev: torch.empty(shape, dtype=dtype, device=dev).fill_(
+                            float("nan") if dtype.is_floating_point else 7))
     poisoned = run()
     assert all(torch.equal(a, e) for a, e in zip(clean, poisoned))
 
@@ -228,7 +228,7 @@ def test_interleaved_launches_share_no_state(device):
     for (x, ws, b, m), g in zip(cases, grads):
         meta = mt._meta(x, ws, m)
         block_d, progs, rows = mt._bwd_plan(4, 40, meta, _util.num_sms(x.device))
-        part = torch.full((progs, meta["T_PAD"] * meta["S_PAD"] + 1), float("nan"), device=device)
+        part = torch.full((progs * (meta["T_PAD"] * meta["S_PAD"] + 1),), float("nan"), device=device)
         dx = torch.empty_like(x)
         mt._msidf_bwd_kernel[(progs,)](x.detach(), g, *mt._slots([w.detach() for w in ws]), b.detach(),
                                        m.detach(), dx, part, 4, 40, m.numel(), rows,
@@ -239,7 +239,7 @@ def test_interleaved_launches_share_no_state(device):
         db, dm = torch.empty_like(b), torch.empty_like(m)
         mt._msidf_bwd_reduce_kernel[(1,)](part, *mt._slots([w.detach() for w in ws]), b.detach(),
                                           m.detach(), *mt._slots(dws), db, dm, progs, m.numel(),
-                                          num_warps=4, **meta)
+                                          RED=mt._RED, num_warps=4, **meta)
         ref = _grads((msidf_reference(x, ws, b, m) * g).sum(), (x, *ws, b, m))
         for a, e in zip((dx, *dws, db, dm), ref):
             torch.testing.assert_close(a, e, rtol=1e-4, atol=1e-4)
