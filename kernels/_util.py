@@ -1,6 +1,7 @@
 """Small helpers shared by the Triton implementations (no Triton import here)."""
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -25,20 +26,17 @@ def num_sms(device: torch.device) -> int:
     return 2
 
 
-_workspaces: dict = {}
+def launch_guard(t: torch.Tensor):
+    """Context for launching on ``t``'s device: Triton launches on the *current* CUDA device and
+    its current stream, so tensors on another GPU need that device made current first (the
+    stream then is that device's current stream, the one the caller's work on it is queued on)."""
+    if t.device.type == "cuda":
+        return torch.cuda.device(t.device)
+    return contextlib.nullcontext()
 
 
-def zeroed_workspace(tag: str, device: torch.device, numel: int, dtype=torch.float32) -> torch.Tensor:
-    """A persistent zero-filled scratch buffer, one per (tag, device, stream).
-
-    The kernels that use one (cross-program reductions finished by the last program) leave it
-    zeroed again when they finish, so no memset launch is needed per call. Keyed by stream because
-    two kernels running concurrently on different streams must not share counters.
-    """
-    stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
-    key = (tag, str(device), stream, dtype)
-    buf = _workspaces.get(key)
-    if buf is None or buf.numel() < numel:
-        buf = torch.zeros(max(numel, 64), dtype=dtype, device=device)
-        _workspaces[key] = buf
-    return buf
+def scratch(shape, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Per-call scratch for a two-launch reduction, uninitialised: the first launch writes every
+    slot before the second reads any, so its previous content never matters (no memset, and
+    nothing outlives the call: safe under CUDA graphs, streams and devices)."""
+    return torch.empty(shape, dtype=dtype, device=device)

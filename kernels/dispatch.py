@@ -63,5 +63,14 @@ def resolve(op: str, example: torch.Tensor, has_triton_impl: bool) -> str:
         choice, reason = "triton", "CUDA tensors"
     if (op, choice) not in _logged:
         _logged.add((op, choice))
-        log.info("kernel %s: %s backend (%s)", op, choice, reason)
+        _log_choice(op, choice, reason)
     return choice
+
+
+def _log_choice(op: str, choice: str, reason: str) -> None:
+    log.info("kernel %s: %s backend (%s)", op, choice, reason)
+
+
+# Under torch.compile the call is moved after the captured graph instead of breaking it, so a
+# module calling the kernels compiles with fullgraph=True and the choice is still logged.
+torch._dynamo.config.reorderable_logging_functions.add(_log_choice)

@@ -22,6 +22,10 @@ from typing import List, Sequence, Tuple
 import torch
 
 
+# elements per 128-bit-friendly run: the kernels' tail masks are constant over VEC elements
+VEC = 16
+
+
 def _round_up(n: int, m: int) -> int:
     return (n + m - 1) // m * m
 
@@ -67,8 +71,8 @@ class FlatLayout:
         block: int = 4096,
         align: int = 64,
     ) -> "FlatLayout":
-        if block <= 0 or block & (block - 1):
-            raise ValueError(f"block must be a power of two, got {block}")
+        if block < VEC or block & (block - 1):
+            raise ValueError(f"block must be a power of two >= {VEC}, got {block}")
         if any(layer < 0 for layer in group_layers):
             raise ValueError("layer ids must be non-negative")
         offsets, shapes, param_group = [], [], []
@@ -108,6 +112,10 @@ class FlatLayout:
             "block_group": block_group.to(self.device),
             "group_layer": torch.tensor(self.group_layer or [0], dtype=torch.int32).to(self.device),
             "group_end": torch.tensor(self.group_end or [0], dtype=torch.int64).to(self.device),
+            # the kernels' tail bound: the end rounded up to VEC elements, still inside the
+            # group's last block (block is a multiple of VEC) and over zero gap elements only
+            "group_stop": torch.tensor([_round_up(e, VEC) for e in self.group_end] or [0],
+                                       dtype=torch.int64).to(self.device),
         }
         self.n_layers = (max(self.group_layer) + 1) if self.group_layer else 0
 

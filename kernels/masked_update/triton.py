@@ -20,7 +20,8 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._util import interpret_mode, next_pow2, zeroed_workspace
+from kernels import _util
+from kernels._util import interpret_mode, launch_guard, next_pow2
 from kernels.masked_update.layout import FlatLayout
 from kernels.masked_update.reference import HP_COLS
 
@@ -38,32 +39,20 @@ def _group_active(grp, grp_layer_ptr, gates_ptr, inf_ptr, HAS_GATES: tl.constexp
 
 
 @triton.jit
-def _advance_steps(step_ptr, grp_layer_ptr, gates_ptr, inf_ptr, cnt_ptr, G,
-                   HAS_GATES: tl.constexpr, HAS_INF: tl.constexpr, G_PAD: tl.constexpr):
-    # all threads of this program are done with their loads/stores before the ticket
-    tl.debug_barrier()
-    ticket = tl.atomic_add(cnt_ptr, 1)
-    if ticket == tl.num_programs(0) - 1:
-        gi = tl.arange(0, G_PAD)
-        gm = gi < G
-        on = gm
-        if HAS_GATES:
-            layer = tl.load(grp_layer_ptr + gi, mask=gm, other=0)
-            on = on & (tl.load(gates_ptr + layer, mask=gm, other=0).to(tl.float32) != 0)
-        if HAS_INF:
-            on = (on.to(tl.int32) * (tl.load(inf_ptr).to(tl.float32) == 0).to(tl.int32)) != 0
-        st = tl.load(step_ptr + gi, mask=gm, other=0.0)
-        tl.store(step_ptr + gi, st + on.to(tl.float32), mask=gm)
-        tl.store(cnt_ptr, 0)
+def _block_stop(grp_stop_ptr, grp):
+    # Group ends are stored rounded up to VEC elements (the rounded-over gap is zero in every
+    # buffer and stays zero), so the tail mask is constant over each run of VEC elements and the
+    # compiler can keep 128-bit loads and stores.
+    return tl.multiple_of(tl.load(grp_stop_ptr + grp), 16)
 
 
 @triton.jit
 def _masked_adamw_kernel(
     p_ptr, g_ptr, m_ptr, v_ptr,
-    blk_group_ptr, grp_layer_ptr, grp_end_ptr, hp_ptr, step_ptr,
-    gates_ptr, scale_ptr, inf_ptr, cnt_ptr, G,
+    blk_group_ptr, grp_layer_ptr, grp_stop_ptr, hp_ptr, step_ptr,
+    gates_ptr, scale_ptr, inf_ptr,
     HAS_GATES: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_INF: tl.constexpr,
-    G_PAD: tl.constexpr, BLOCK: tl.constexpr, HP: tl.constexpr,
+    BLOCK: tl.constexpr, CHUNK: tl.constexpr, HP: tl.constexpr,
 ):
     pid = tl.program_id(0)
     grp = tl.load(blk_group_ptr + pid)
@@ -74,36 +63,43 @@ def _masked_adamw_kernel(
         beta1 = tl.load(hp_ptr + grp * HP + 2)
         beta2 = tl.load(hp_ptr + grp * HP + 3)
         eps = tl.load(hp_ptr + grp * HP + 4)
+        # the count is advanced by a separate launch after this one (_advance_steps_kernel), so
+        # every program of the step reads the same value
         t = tl.load(step_ptr + grp) + 1.0
         bc1 = 1.0 - tl.exp2(t * tl.log2(beta1))
         bc2_sqrt = tl.sqrt(1.0 - tl.exp2(t * tl.log2(beta2)))
-        end = tl.load(grp_end_ptr + grp)
-        offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-        mask = offs < end
-        g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         if HAS_SCALE:
-            g = g / tl.load(scale_ptr).to(tl.float32)
-        p = tl.load(p_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        m = tl.load(m_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        v = tl.load(v_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        p = p * (1.0 - lr * wd)
-        m = m + (1.0 - beta1) * (g - m)
-        v = v * beta2 + (1.0 - beta2) * g * g
-        denom = tl.sqrt(v) / bc2_sqrt + eps
-        p = p - (lr / bc1) * (m / denom)
-        tl.store(p_ptr + offs, p, mask=mask)
-        tl.store(m_ptr + offs, m, mask=mask)
-        tl.store(v_ptr + offs, v, mask=mask)
-    _advance_steps(step_ptr, grp_layer_ptr, gates_ptr, inf_ptr, cnt_ptr, G, HAS_GATES, HAS_INF, G_PAD)
+            scale = tl.load(scale_ptr).to(tl.float32)
+        end = _block_stop(grp_stop_ptr, grp)
+        base = pid.to(tl.int64) * BLOCK
+        # CHUNK elements per iteration (4 per thread at 8 warps: one 128-bit access per stream)
+        # keep the live registers low enough for four 8-warp blocks per SM
+        for c in range(0, BLOCK, CHUNK):
+            offs = base + c + tl.arange(0, CHUNK)
+            mask = offs < end
+            g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+            if HAS_SCALE:
+                g = g / scale  # a division, as in the reference: bitwise equal
+            p = tl.load(p_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+            m = tl.load(m_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+            v = tl.load(v_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+            p = p * (1.0 - lr * wd)
+            m = m + (1.0 - beta1) * (g - m)
+            v = v * beta2 + (1.0 - beta2) * g * g
+            denom = tl.sqrt(v) / bc2_sqrt + eps
+            p = p - (lr / bc1) * (m / denom)
+            tl.store(p_ptr + offs, p, mask=mask)
+            tl.store(m_ptr + offs, m, mask=mask)
+            tl.store(v_ptr + offs, v, mask=mask)
 
 
 @triton.jit
 def _masked_sgd_kernel(
     p_ptr, g_ptr, buf_ptr,
-    blk_group_ptr, grp_layer_ptr, grp_end_ptr, hp_ptr, step_ptr,
-    gates_ptr, scale_ptr, inf_ptr, cnt_ptr, G,
+    blk_group_ptr, grp_layer_ptr, grp_stop_ptr, hp_ptr, step_ptr,
+    gates_ptr, scale_ptr, inf_ptr,
     HAS_GATES: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_INF: tl.constexpr,
-    G_PAD: tl.constexpr, BLOCK: tl.constexpr, HP: tl.constexpr,
+    BLOCK: tl.constexpr, CHUNK: tl.constexpr, HP: tl.constexpr,
 ):
     pid = tl.program_id(0)
     grp = tl.load(blk_group_ptr + pid)
@@ -115,54 +111,74 @@ def _masked_sgd_kernel(
         damp = tl.load(hp_ptr + grp * HP + 3)
         nesterov = tl.load(hp_ptr + grp * HP + 4)
         first = tl.load(step_ptr + grp) == 0.0
-        end = tl.load(grp_end_ptr + grp)
-        offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-        mask = offs < end
-        d = tl.load(g_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         if HAS_SCALE:
-            d = d / tl.load(scale_ptr).to(tl.float32)
-        p = tl.load(p_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        d = d + wd * p
-        if mom != 0.0:
-            # the momentum buffer is only read and written for groups that use momentum
-            b = tl.load(buf_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-            b = tl.where(first, d, mom * b + (1.0 - damp) * d)
-            tl.store(buf_ptr + offs, b, mask=mask)
-            d = tl.where(nesterov != 0.0, d + mom * b, b)
-        tl.store(p_ptr + offs, p - lr * d, mask=mask)
-    _advance_steps(step_ptr, grp_layer_ptr, gates_ptr, inf_ptr, cnt_ptr, G, HAS_GATES, HAS_INF, G_PAD)
+            scale = tl.load(scale_ptr).to(tl.float32)
+        end = _block_stop(grp_stop_ptr, grp)
+        base = pid.to(tl.int64) * BLOCK
+        for c in range(0, BLOCK, CHUNK):
+            offs = base + c + tl.arange(0, CHUNK)
+            mask = offs < end
+            d = tl.load(g_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+            if HAS_SCALE:
+                d = d / scale
+            p = tl.load(p_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+            d = d + wd * p
+            if mom != 0.0:
+                # the momentum buffer is only read and written for groups that use momentum
+                b = tl.load(buf_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+                b = tl.where(first, d, mom * b + (1.0 - damp) * d)
+                tl.store(buf_ptr + offs, b, mask=mask)
+                d = tl.where(nesterov != 0.0, d + mom * b, b)
+            tl.store(p_ptr + offs, p - lr * d, mask=mask)
+
+
+@triton.jit
+def _advance_steps_kernel(step_ptr, grp_layer_ptr, gates_ptr, inf_ptr, G,
+                          HAS_GATES: tl.constexpr, HAS_INF: tl.constexpr, G_PAD: tl.constexpr):
+    # one program, launched after the update on the same stream: stream order replaces the
+    # cross-program ticket, so there is no persistent counter to leave dirty
+    gi = tl.arange(0, G_PAD)
+    gm = gi < G
+    on = gm
+    if HAS_GATES:
+        layer = tl.load(grp_layer_ptr + gi, mask=gm, other=0)
+        on = on & (tl.load(gates_ptr + layer, mask=gm, other=0).to(tl.float32) != 0)
+    if HAS_INF:
+        on = (on.to(tl.int32) * (tl.load(inf_ptr).to(tl.float32) == 0).to(tl.int32)) != 0
+    st = tl.load(step_ptr + gi, mask=gm, other=0.0)
+    tl.store(step_ptr + gi, st + on.to(tl.float32), mask=gm)
 
 
 @triton.jit
 def _nonfinite_kernel(
-    g_ptr, blk_group_ptr, grp_layer_ptr, grp_end_ptr, gates_ptr, scale_ptr,
-    partial_ptr, cnt_ptr, out_ptr,
-    HAS_GATES: tl.constexpr, BLOCK: tl.constexpr, RED: tl.constexpr,
+    g_ptr, blk_group_ptr, grp_layer_ptr, grp_stop_ptr, gates_ptr, scale_ptr, partial_ptr,
+    HAS_GATES: tl.constexpr, BLOCK: tl.constexpr, CHUNK: tl.constexpr,
 ):
     pid = tl.program_id(0)
-    nprog = tl.num_programs(0)
     grp = tl.load(blk_group_ptr + pid)
     on = _group_active(grp, grp_layer_ptr, gates_ptr, gates_ptr, HAS_GATES, False)
-    bad = tl.zeros([BLOCK], tl.int32)
+    bad = tl.zeros([CHUNK], tl.int32)
     if on:
-        end = tl.load(grp_end_ptr + grp)
-        offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-        mask = offs < end
-        g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        g = g / tl.load(scale_ptr).to(tl.float32)
-        # |g| < inf is false for +-inf and NaN
-        bad = tl.where(tl.abs(g) < float("inf"), 0, 1)
+        scale = tl.load(scale_ptr).to(tl.float32)
+        end = _block_stop(grp_stop_ptr, grp)
+        base = pid.to(tl.int64) * BLOCK
+        for c in range(0, BLOCK, CHUNK):
+            offs = base + c + tl.arange(0, CHUNK)
+            g = tl.load(g_ptr + offs, mask=offs < end, other=0.0).to(tl.float32) / scale
+            # |g| < inf is false for +-inf and NaN
+            bad = tl.maximum(bad, tl.where(tl.abs(g) < float("inf"), 0, 1))
     tl.store(partial_ptr + pid, tl.max(bad, axis=0))
-    tl.debug_barrier()
-    ticket = tl.atomic_add(cnt_ptr, 1)
-    if ticket == nprog - 1:
-        rows = tl.arange(0, RED)
-        acc = tl.zeros([RED], tl.int32)
-        for q0 in range(0, nprog, RED):
-            q = q0 + rows
-            acc = tl.maximum(acc, tl.load(partial_ptr + q, mask=q < nprog, other=0, cache_modifier=".cg"))
-        tl.store(out_ptr, tl.max(acc, axis=0).to(tl.float32))
-        tl.store(cnt_ptr, 0)
+
+
+@triton.jit
+def _any_kernel(partial_ptr, n, out_ptr, RED: tl.constexpr):
+    # second launch of the non-finite check: one program folds the per-block flags
+    rows = tl.arange(0, RED)
+    acc = tl.zeros([RED], tl.int32)
+    for q0 in range(0, n, RED):
+        q = q0 + rows
+        acc = tl.maximum(acc, tl.load(partial_ptr + q, mask=q < n, other=0))
+    tl.store(out_ptr, tl.max(acc, axis=0).to(tl.float32))
 
 
 _NUM_WARPS = 8
@@ -175,7 +191,7 @@ def _common(layout: FlatLayout, flat: torch.Tensor, gates, grad_scale, found_inf
             "is imported to run on CPU tensors"
         )
     tables = layout.tables
-    dummy = tables["group_end"]
+    dummy = tables["group_stop"]
     if gates is not None:
         if gates.numel() < layout.n_layers:
             raise ValueError(f"gates has {gates.numel()} entries, the layout has {layout.n_layers} layers")
@@ -185,36 +201,47 @@ def _common(layout: FlatLayout, flat: torch.Tensor, gates, grad_scale, found_inf
     return tables, dummy, gates
 
 
+# 1024 elements per loop iteration: 4 per thread at 8 warps, one 128-bit access per stream
+_CHUNK = 1024
+
+
 def _nonfinite(layout, grads, gates, grad_scale, tables, dummy) -> torch.Tensor:
+    # two launches, no persistent state: per-block flags into a fresh buffer (every program
+    # writes its slot, so no memset), then one program folds them
     out = torch.empty((), dtype=torch.float32, device=grads.device)
-    partial = torch.empty(layout.n_blocks, dtype=torch.int32, device=grads.device)
-    cnt = zeroed_workspace("masked_update_inf_cnt", grads.device, 1, torch.int32)
+    partial = _util.scratch(layout.n_blocks, torch.int32, grads.device)
     _nonfinite_kernel[(layout.n_blocks,)](
-        grads, tables["block_group"], tables["group_layer"], tables["group_end"],
-        gates if gates is not None else dummy, grad_scale, partial, cnt, out,
-        HAS_GATES=gates is not None, BLOCK=layout.block, RED=1024, num_warps=_NUM_WARPS,
+        grads, tables["block_group"], tables["group_layer"], tables["group_stop"],
+        gates if gates is not None else dummy, grad_scale, partial,
+        HAS_GATES=gates is not None, BLOCK=layout.block, CHUNK=min(_CHUNK, layout.block),
+        num_warps=_NUM_WARPS,
     )
+    _any_kernel[(1,)](partial, layout.n_blocks, out, RED=1024, num_warps=4)
     return out
 
 
 def _launch(kernel, layout, bufs, steps, hp, gates, grad_scale, found_inf):
     grads = bufs[1]
     tables, dummy, gates = _common(layout, grads, gates, grad_scale, found_inf)
-    if grad_scale is not None and not isinstance(grad_scale, torch.Tensor):
-        grad_scale = torch.full((), float(grad_scale), device=grads.device)
-    if grad_scale is not None and found_inf is None:
-        found_inf = _nonfinite(layout, grads, gates, grad_scale, tables, dummy)
-    cnt = zeroed_workspace("masked_update_cnt", grads.device, 1, torch.int32)
-    kernel[(layout.n_blocks,)](
-        *bufs, tables["block_group"], tables["group_layer"], tables["group_end"], hp, steps,
-        gates if gates is not None else dummy,
-        grad_scale if grad_scale is not None else dummy,
-        found_inf if found_inf is not None else dummy,
-        cnt, layout.n_groups,
-        HAS_GATES=gates is not None, HAS_SCALE=grad_scale is not None, HAS_INF=found_inf is not None,
-        G_PAD=next_pow2(max(layout.n_groups, 1)), BLOCK=layout.block, HP=HP_COLS,
-        num_warps=_NUM_WARPS,
-    )
+    with launch_guard(grads):
+        if grad_scale is not None and not isinstance(grad_scale, torch.Tensor):
+            grad_scale = torch.full((), float(grad_scale), device=grads.device)
+        if grad_scale is not None and found_inf is None:
+            found_inf = _nonfinite(layout, grads, gates, grad_scale, tables, dummy)
+        flags = dict(HAS_GATES=gates is not None, HAS_INF=found_inf is not None)
+        gates_arg = gates if gates is not None else dummy
+        inf_arg = found_inf if found_inf is not None else dummy
+        kernel[(layout.n_blocks,)](
+            *bufs, tables["block_group"], tables["group_layer"], tables["group_stop"], hp, steps,
+            gates_arg, grad_scale if grad_scale is not None else dummy, inf_arg,
+            HAS_SCALE=grad_scale is not None, BLOCK=layout.block, CHUNK=min(_CHUNK, layout.block),
+            HP=HP_COLS, num_warps=_NUM_WARPS, **flags,
+        )
+        # stream order: the counts advance only after every program of the update has read them
+        _advance_steps_kernel[(1,)](
+            steps, tables["group_layer"], gates_arg, inf_arg, layout.n_groups,
+            G_PAD=next_pow2(max(layout.n_groups, 1)), num_warps=4, **flags,
+        )
     return found_inf
 
 
@@ -236,27 +263,38 @@ def masked_sgd_step(
                    gates, grad_scale, found_inf)
 
 
-def compile_cases():
-    """Example launches for :mod:`kernels._compile_check`."""
+# One ViT-B/16 block's trainable tensors (LayerNorms, qkv, proj, MLP): the update's real workload
+# is 2 sources x 3 blocks of these (42.5M parameters), one gate per block.
+VIT_B_BLOCK_SHAPES = ((768,), (768,), (2304, 768), (2304,), (768, 768), (768,), (768,), (768,),
+                      (3072, 768), (3072,), (768, 3072), (768,))
+
+
+def launch_cases(sms: int = 132):
+    """The launches of one step over the real trainable set (2 x 3 ViT-B/16 blocks, float32
+    flat buffers, gated, with and without AMP's grad_scale), argument for argument as
+    :func:`_launch` makes them (for :mod:`kernels.resources`)."""
+    from kernels.resources import Launch, aligned
+
+    layout = FlatLayout.build([VIT_B_BLOCK_SHAPES] * 6, list(range(6)), torch.device("cpu"))
+    f32, i32, i64, u8 = (aligned(t) for t in (torch.float32, torch.int32, torch.int64, torch.uint8))
+    n, G = layout.n_blocks, layout.n_groups
+    chunk = min(_CHUNK, layout.block)
+    cfg = f"{layout.numel / 1e6:.1f}M fp32, {n} blocks of {layout.block}"
     cases = []
-    f32 = torch.empty(0, dtype=torch.float32)
-    i32 = torch.empty(0, dtype=torch.int32)
-    i64 = torch.empty(0, dtype=torch.int64)
-    u8 = torch.empty(0, dtype=torch.uint8)
-    for dt in (torch.float32, torch.bfloat16):
-        buf = torch.empty(0, dtype=dt)
-        for flags in ((True, True, True), (False, False, False)):
-            common = dict(blk_group_ptr=i32, grp_layer_ptr=i32, grp_end_ptr=i64, hp_ptr=f32,
-                          step_ptr=f32, gates_ptr=f32 if flags[0] else i64, scale_ptr=f32,
-                          inf_ptr=f32, cnt_ptr=i32, G=12)
-            const = dict(HAS_GATES=flags[0], HAS_SCALE=flags[1], HAS_INF=flags[2], G_PAD=16,
-                         BLOCK=4096, HP=HP_COLS)
-            cases.append((f"masked_adamw[{dt},{flags}]", _masked_adamw_kernel,
-                          dict(p_ptr=buf, g_ptr=buf, m_ptr=buf, v_ptr=buf, **common), const, _NUM_WARPS))
-            cases.append((f"masked_sgd[{dt},{flags}]", _masked_sgd_kernel,
-                          dict(p_ptr=buf, g_ptr=buf, buf_ptr=buf, **common), const, _NUM_WARPS))
-        cases.append((f"nonfinite[{dt}]", _nonfinite_kernel,
-                       dict(g_ptr=buf, blk_group_ptr=i32, grp_layer_ptr=i32, grp_end_ptr=i64,
-                            gates_ptr=u8, scale_ptr=f32, partial_ptr=i32, cnt_ptr=i32, out_ptr=f32),
-                       dict(HAS_GATES=True, BLOCK=4096, RED=1024), _NUM_WARPS))
+    for amp in (False, True):
+        flags = dict(HAS_GATES=True, HAS_INF=amp)
+        tables = (i32, i32, i64, f32, f32, f32, f32 if amp else i64, f32 if amp else i64)
+        const = dict(HAS_SCALE=amp, BLOCK=layout.block, CHUNK=chunk, HP=HP_COLS,
+                     num_warps=_NUM_WARPS, **flags)
+        c = cfg + (", gated, grad_scale" if amp else ", gated")
+        cases.append(Launch("masked_adamw", c, _masked_adamw_kernel, (n,), (f32,) * 4 + tables, const))
+        cases.append(Launch("masked_sgd", c, _masked_sgd_kernel, (n,), (f32,) * 3 + tables, const))
+    cases.append(Launch("masked_advance_steps", f"{G} groups", _advance_steps_kernel, (1,),
+                        (f32, i32, f32, f32, G),
+                        dict(HAS_GATES=True, HAS_INF=True, G_PAD=next_pow2(G), num_warps=4)))
+    cases.append(Launch("masked_nonfinite", cfg, _nonfinite_kernel, (n,),
+                        (f32, i32, i32, i64, f32, f32, i32),
+                        dict(HAS_GATES=True, BLOCK=layout.block, CHUNK=chunk, num_warps=_NUM_WARPS)))
+    cases.append(Launch("masked_nonfinite_any", f"{n} flags", _any_kernel, (1,), (i32, n, f32),
+                        dict(RED=1024, num_warps=4)))
     return cases

@@ -3,20 +3,30 @@
     out[b, d] = sum_{i<n} softmax(m)_i * (b_i + sum_s sum_j W_i[s, j] x[b, s, d + j - (k_i - 1)/2])
 
 x (B, S, D); weights: n tensors (S, k_i) with odd k_i; biases (n,); mix_logits (M,), M >= n.
-Backend: Triton (one launch forward, one backward) for CUDA tensors, the PyTorch reference
-otherwise; override with ``LMSRR_KERNEL_BACKEND`` or :func:`kernels.set_backend`.
+Backend: Triton (one launch forward, two backward) for CUDA tensors, the PyTorch reference
+otherwise; override with ``LMSRR_KERNEL_BACKEND`` or :func:`kernels.set_backend`. Both run
+through the custom op ``torch.ops.lmsrr.msidf`` (see :mod:`kernels.msidf.op`).
 """
+import torch
+
 from kernels.dispatch import resolve
+from kernels.msidf import op as _op  # noqa: F401  (registers torch.ops.lmsrr.msidf)
 from kernels.msidf.reference import msidf as msidf_reference
 
 
 def msidf(x, weights, biases, mix_logits):
-    if resolve("msidf", x, has_triton_impl=True) == "triton":
-        # imported lazily: `import kernels.msidf` must work where triton does not import
+    choice = resolve("msidf", x, has_triton_impl=True)
+    if choice == "triton" and x.device.type != "cuda":
+        # forced Triton on CPU tensors (the interpreter): the op's CPU kernel is the reference,
+        # so run the kernels directly. Imported lazily: `import kernels.msidf` must work where
+        # triton does not import.
         from kernels.msidf.triton import msidf as msidf_triton
 
         return msidf_triton(x, weights, biases, mix_logits)
-    return msidf_reference(x, weights, biases, mix_logits)
+    if choice == "torch" and x.device.type == "cuda":
+        return msidf_reference(x, weights, biases, mix_logits)
+    # the custom op: Triton on CUDA, the reference on CPU; one node under torch.compile
+    return torch.ops.lmsrr.msidf(x, list(weights), biases, mix_logits)
 
 
 __all__ = ["msidf", "msidf_reference"]

@@ -33,3 +33,32 @@ def msidf(
         term = mix[i] * branch
         out = term if out is None else out + term
     return out
+
+
+def msidf_backward(grad, x, weights, biases, mix_logits, need_dx: bool = True):
+    """The gradients of :func:`msidf` in closed form, pure PyTorch: ``(dx or None, db, dm, [dW_i])``.
+
+    With w = softmax(m), p_i = (k_i - 1) / 2 and g = dL/dout:
+        dbranch_i = w_i g;  dx = sum_i conv1d_input(dbranch_i, W_i);  dW_i = conv1d_weight(x, dbranch_i)
+        db_i = sum(dbranch_i);  dL/dw_i = sum(g * branch_i);  dm = w * (dL/dw - sum_i w_i dL/dw_i)
+    (dL/dw_k = 0 for the unused logits k >= n). Used as the CPU backward of ``torch.ops.lmsrr.msidf``.
+    """
+    mix = torch.softmax(mix_logits, dim=0)
+    g1 = grad.unsqueeze(1)
+    dx = torch.zeros_like(x) if need_dx else None
+    dws, dbs = [], []
+    dmix = []
+    for i, w in enumerate(weights):
+        k = w.shape[-1]
+        pad = (k - 1) // 2
+        w3 = w.unsqueeze(0)
+        dbranch = (mix[i] * g1).to(x.dtype)
+        if need_dx:
+            dx = dx + torch.nn.grad.conv1d_input(x.shape, w3, dbranch, padding=pad)
+        dws.append(torch.nn.grad.conv1d_weight(x, w3.shape, dbranch, padding=pad).squeeze(0).to(w.dtype))
+        dbs.append(dbranch.sum())
+        branch = F.conv1d(x, w3, biases[i : i + 1], padding=pad)
+        dmix.append((g1 * branch).sum().to(mix.dtype))
+    dmix = torch.cat([torch.stack(dmix), mix.new_zeros(mix.numel() - len(dmix))])
+    dm = mix * (dmix - (mix * dmix).sum())
+    return dx, torch.stack(dbs).to(biases.dtype), dm.to(mix_logits.dtype), dws

@@ -22,9 +22,10 @@ G = sum_{b,d} g[b, d]:
     dL/dw_i     = sum_{s,j} W_i[s, j] C[j - p_i + P, s] + b_i G         (= sum_{b,d} g * branch_i)
     dm_k        = w_k * (dL/dw_k - sum_i w_i dL/dw_i)                    (softmax backward; 0 for k >= n)
 
-The backward kernel computes dx for its rows and partial C and G, adds the partials atomically
-into a persistent float32 workspace, and the last program to finish (atomic ticket) turns the
-totals into dW, db and dm and zeroes the workspace again, so the whole backward is one launch.
+The backward is two launches: the first computes dx for its rows and writes its partial C and G
+to its own row of a fresh scratch buffer; the second (one program) sums the rows in program
+order and turns the totals into dW, db and dm. No atomics and no state kept between calls, so
+the gradients are bit-identical run to run and safe under CUDA graphs, streams and devices.
 """
 from __future__ import annotations
 
@@ -34,16 +35,24 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._util import interpret_mode, next_pow2, num_sms, zeroed_workspace
+from torch.library import wrap_triton
+
+from kernels import _util
+from kernels._util import interpret_mode, launch_guard, next_pow2, num_sms
+
+# pointer slots for the branch weights: torch's triton-op tracing cannot carry tuples of tensors,
+# so each weight is its own kernel argument
+MAX_BRANCHES = 4
 
 
 @triton.jit
 def _msidf_fwd_kernel(
-    x_ptr, w_ptrs, b_ptr, m_ptr, out_ptr,
+    x_ptr, w0, w1, w2, w3, b_ptr, m_ptr, out_ptr,
     D, M,
     S: tl.constexpr, S_PAD: tl.constexpr, KS: tl.constexpr, N: tl.constexpr, P: tl.constexpr,
     T_PAD: tl.constexpr, M_PAD: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
+    w_ptrs = (w0, w1, w2, w3)
     pid_d = tl.program_id(0)
     row = tl.program_id(1).to(tl.int64)
 
@@ -81,12 +90,13 @@ def _msidf_fwd_kernel(
 
 @triton.jit
 def _msidf_bwd_kernel(
-    x_ptr, g_ptr, w_ptrs, b_ptr, m_ptr,
-    dx_ptr, dw_ptrs, db_ptr, dm_ptr, ws_ptr, cnt_ptr,
+    x_ptr, g_ptr, w0, w1, w2, w3, b_ptr, m_ptr,
+    dx_ptr, part_ptr,
     B, D, M, ROWS,
     S: tl.constexpr, S_PAD: tl.constexpr, KS: tl.constexpr, N: tl.constexpr, P: tl.constexpr,
     T_PAD: tl.constexpr, M_PAD: tl.constexpr, BLOCK_D: tl.constexpr, NEED_DX: tl.constexpr,
 ):
+    w_ptrs = (w0, w1, w2, w3)
     pid = tl.program_id(0)
 
     mo = tl.arange(0, M_PAD)
@@ -133,34 +143,57 @@ def _msidf_bwd_kernel(
                 dmask = (s1[:, None] < S) & (d[None, :] < D) & row_ok
                 tl.store(dx_ptr + row64 * S * D + s1[:, None] * D + d[None, :], dxacc, mask=dmask)
 
+    # this program's partial shift correlations and gradient sum, in its own row of a fresh
+    # buffer: no atomics, and the reduction order is fixed by _msidf_bwd_reduce_kernel
+    # (layout: NPROG tiles of T_PAD x S_PAD, then NPROG gradient sums)
     cmask = (t2 < 2 * P + 1) & (s2 < S)
-    tl.atomic_add(ws_ptr + t2 * S_PAD + s2, acc_c, mask=cmask)
-    tl.atomic_add(ws_ptr + T_PAD * S_PAD, tl.sum(acc_g, axis=0))
-    # every thread's partials must be issued before this program takes its ticket
-    tl.debug_barrier()
-    ticket = tl.atomic_add(cnt_ptr, 1)
-    if ticket == tl.num_programs(0) - 1:
-        # last program: all partials are in; read them, then leave the workspace zeroed
-        # (an atomic add of 0 reads the coherent L2 copy; the interpreter has no float xchg)
-        c = tl.atomic_add(ws_ptr + t2 * S_PAD + s2, tl.zeros([T_PAD, S_PAD], tl.float32), mask=cmask)
-        c = tl.where(cmask, c, 0.0)
-        gsum = tl.atomic_add(ws_ptr + T_PAD * S_PAD, 0.0)
-        tl.store(ws_ptr + t2 * S_PAD + s2, tl.zeros([T_PAD, S_PAD], tl.float32), mask=cmask)
-        tl.store(ws_ptr + T_PAD * S_PAD, 0.0)
-        dwvec = tl.zeros([M_PAD], tl.float32)
-        for i in tl.static_range(N):
-            wi = tl.sum(tl.where(mo == i, mix, 0.0), axis=0)
-            j = t2 - P + (KS[i] - 1) // 2
-            msk = (j >= 0) & (j < KS[i]) & (s2 < S)
-            w_i = tl.load(w_ptrs[i] + s2 * KS[i] + j, mask=msk, other=0.0).to(tl.float32)
-            tl.store(dw_ptrs[i] + s2 * KS[i] + j, wi * c, mask=msk)
-            dwvec += tl.where(mo == i, tl.sum(tl.sum(w_i * c, axis=1), axis=0), 0.0)
-        bias = tl.load(b_ptr + mo, mask=mo < N, other=0.0).to(tl.float32)
-        dwvec += bias * gsum
-        dm = mix * (dwvec - tl.sum(mix * dwvec, axis=0))
-        tl.store(dm_ptr + mo, dm, mask=mo < M)
-        tl.store(db_ptr + mo, mix * gsum, mask=mo < N)
-        tl.store(cnt_ptr, 0)
+    tl.store(part_ptr + pid * (T_PAD * S_PAD) + t2 * S_PAD + s2, tl.where(cmask, acc_c, 0.0))
+    tl.store(part_ptr + tl.num_programs(0) * (T_PAD * S_PAD) + pid, tl.sum(acc_g, axis=0))
+
+
+@triton.jit
+def _msidf_bwd_reduce_kernel(
+    part_ptr, w0, w1, w2, w3, b_ptr, m_ptr, dw0, dw1, dw2, dw3, db_ptr, dm_ptr, NPROG, M,
+    S: tl.constexpr, S_PAD: tl.constexpr, KS: tl.constexpr, N: tl.constexpr, P: tl.constexpr,
+    T_PAD: tl.constexpr, M_PAD: tl.constexpr, RED: tl.constexpr,
+):
+    # one program, launched after _msidf_bwd_kernel on the same stream: sums the partials in
+    # program order (bit-identical run to run) and turns the totals into dW, db and dm
+    w_ptrs = (w0, w1, w2, w3)
+    dw_ptrs = (dw0, dw1, dw2, dw3)
+    mo = tl.arange(0, M_PAD)
+    ml = tl.load(m_ptr + mo, mask=mo < M, other=float("-inf")).to(tl.float32)
+    e = tl.where(mo < M, tl.exp(ml - tl.max(ml, axis=0)), 0.0)
+    mix = e / tl.sum(e, axis=0)
+    t2 = tl.arange(0, T_PAD)[:, None]
+    s2 = tl.arange(0, S_PAD)[None, :]
+    cmask = (t2 < 2 * P + 1) & (s2 < S)
+    # RED partials per iteration, summed as a tile: a fixed reduction tree, few dependent loads
+    q1 = tl.arange(0, RED)
+    q3 = q1[:, None, None]
+    tile = (t2 * S_PAD + s2)[None, :, :]
+    c = tl.zeros([T_PAD, S_PAD], tl.float32)
+    gsum = tl.zeros([RED], tl.float32)
+    for q0 in range(0, NPROG, RED):
+        rows = q0 + q3
+        c += tl.sum(tl.load(part_ptr + rows * (T_PAD * S_PAD) + tile, mask=rows < NPROG, other=0.0),
+                    axis=0)
+        gsum += tl.load(part_ptr + NPROG * (T_PAD * S_PAD) + q0 + q1, mask=q0 + q1 < NPROG, other=0.0)
+    gsum = tl.sum(gsum, axis=0)
+    c = tl.where(cmask, c, 0.0)
+    dwvec = tl.zeros([M_PAD], tl.float32)
+    for i in tl.static_range(N):
+        wi = tl.sum(tl.where(mo == i, mix, 0.0), axis=0)
+        j = t2 - P + (KS[i] - 1) // 2
+        msk = (j >= 0) & (j < KS[i]) & (s2 < S)
+        w_i = tl.load(w_ptrs[i] + s2 * KS[i] + j, mask=msk, other=0.0).to(tl.float32)
+        tl.store(dw_ptrs[i] + s2 * KS[i] + j, wi * c, mask=msk)
+        dwvec += tl.where(mo == i, tl.sum(tl.sum(w_i * c, axis=1), axis=0), 0.0)
+    bias = tl.load(b_ptr + mo, mask=mo < N, other=0.0).to(tl.float32)
+    dwvec += bias * gsum
+    dm = mix * (dwvec - tl.sum(mix * dwvec, axis=0))
+    tl.store(dm_ptr + mo, dm, mask=mo < M)
+    tl.store(db_ptr + mo, mix * gsum, mask=mo < N)
 
 
 def _check_device(x: torch.Tensor) -> None:
@@ -177,97 +210,146 @@ def _meta(x: torch.Tensor, weights: Sequence[torch.Tensor], mix_logits: torch.Te
     for w, k in zip(weights, ks):
         if w.shape != (S, k) or k % 2 == 0:
             raise ValueError(f"msidf weights must be (S={S}, odd k); got {tuple(w.shape)}")
+    return _meta_from(S, ks, mix_logits.numel())
+
+
+def _meta_from(S: int, ks: tuple, M: int) -> dict:
     P = max(ks) // 2
-    S_PAD = next_pow2(S)
-    return dict(
-        S=S, S_PAD=S_PAD, KS=ks, N=len(ks), P=P, T_PAD=next_pow2(2 * P + 1),
-        M_PAD=next_pow2(mix_logits.numel()),
-    )
+    return dict(S=S, S_PAD=next_pow2(S), KS=ks, N=len(ks), P=P, T_PAD=next_pow2(2 * P + 1),
+                M_PAD=next_pow2(M))
+
+
+# partial rows the reduce launch sums per iteration
+_RED = 32
+
+
+def _fwd_block_d(D: int, meta: dict) -> int:
+    return min(1024, next_pow2(D), max(64, 4096 // meta["S_PAD"]))
+
+
+def _bwd_plan(B: int, D: int, meta: dict, sms: int):
+    """(BLOCK_D, programs, rows per program) of the backward: a few programs per SM, whole rows
+    each, so the partials to reduce stay few."""
+    block_d = min(512, next_pow2(D), max(64, 2048 // meta["S_PAD"]))
+    progs = min(B, 4 * sms)
+    rows = triton.cdiv(B, progs)
+    return block_d, triton.cdiv(B, rows), rows
+
+
+def _slots(ts):
+    # the kernels take MAX_BRANCHES pointer slots; unused ones repeat the first (never read)
+    return tuple(ts) + (ts[0],) * (MAX_BRANCHES - len(ts))
+
+
+def forward(x, weights, biases, mix_logits):
+    """Triton forward: ``out (B, D)``; one launch. Also the body of ``torch.ops.lmsrr.msidf`` on
+    CUDA, so launches go through ``wrap_triton`` (traceable by torch.compile)."""
+    _check_device(x)
+    x_c = x.contiguous()
+    ws = tuple(w.contiguous() for w in weights)
+    b_c, m_c = biases.contiguous(), mix_logits.contiguous()
+    B, S, D = x_c.shape
+    meta = _meta(x_c, ws, m_c)
+    out = torch.empty((B, D), device=x.device, dtype=torch.promote_types(x.dtype, ws[0].dtype))
+    if B > 0 and D > 0:
+        block_d = _fwd_block_d(D, meta)
+        with launch_guard(x_c):
+            wrap_triton(_msidf_fwd_kernel)[(triton.cdiv(D, block_d), B)](
+                x_c, *_slots(ws), b_c, m_c, out, D, m_c.numel(), BLOCK_D=block_d, num_warps=4,
+                **meta,
+            )
+    return out
+
+
+def backward(gout, x, weights, biases, mix_logits, need_dx: bool = True):
+    """Triton backward: ``(dx or None, db, dm, [dW_i])``; two launches (partials, then one
+    program reducing them in a fixed order). Also the body of ``torch.ops.lmsrr.msidf_backward``."""
+    _check_device(x)
+    x = x.contiguous()
+    ws = tuple(w.contiguous() for w in weights)
+    b, m = biases.contiguous(), mix_logits.contiguous()
+    meta = _meta(x, ws, m)
+    B, S, D = x.shape
+    g = gout.contiguous()
+    dx = torch.empty_like(x) if need_dx else None
+    dws = [torch.empty_like(w) for w in ws]
+    db = torch.empty_like(b)
+    dm = torch.empty_like(m)
+    if B == 0 or D == 0:
+        for t in (dx, db, dm, *dws):
+            if t is not None:
+                t.zero_()
+        return dx, db, dm, dws
+    block_d, progs, rows = _bwd_plan(B, D, meta, num_sms(x.device))
+    # every program writes its whole row: a fresh buffer, no memset, no persistent state
+    part = _util.scratch(progs * (meta["T_PAD"] * meta["S_PAD"] + 1), torch.float32, x.device)
+    with launch_guard(x):
+        wrap_triton(_msidf_bwd_kernel)[(progs,)](
+            x, g, *_slots(ws), b, m, dx if need_dx else x, part, B, D, m.numel(), rows,
+            BLOCK_D=block_d, NEED_DX=need_dx, num_warps=4, **meta,
+        )
+        wrap_triton(_msidf_bwd_reduce_kernel)[(1,)](
+            part, *_slots(ws), b, m, *_slots(dws), db, dm, progs, m.numel(), RED=_RED, num_warps=4,
+            **meta,
+        )
+    return dx, db, dm, dws
 
 
 class _MSIDFFunction(torch.autograd.Function):
+    """The Triton kernels under autograd without the custom op: the path of a forced ``triton``
+    backend on CPU tensors (the interpreter), where the op's CPU kernel is the reference."""
+
     @staticmethod
     def forward(ctx, x, biases, mix_logits, *weights):
-        _check_device(x)
-        x_c = x.contiguous()
-        ws = tuple(w.contiguous() for w in weights)
-        b_c = biases.contiguous()
-        m_c = mix_logits.contiguous()
-        B, S, D = x_c.shape
-        meta = _meta(x_c, ws, m_c)
-        out_dtype = torch.promote_types(x.dtype, ws[0].dtype)
-        out = torch.empty((B, D), device=x.device, dtype=out_dtype)
-        if B > 0 and D > 0:
-            block_d = min(1024, next_pow2(D), max(64, 4096 // meta["S_PAD"]))
-            _msidf_fwd_kernel[(triton.cdiv(D, block_d), B)](
-                x_c, ws, b_c, m_c, out, D, m_c.numel(), BLOCK_D=block_d, num_warps=4, **meta
-            )
-        ctx.save_for_backward(x_c, b_c, m_c, *ws)
-        ctx.meta = meta
-        return out
+        ctx.save_for_backward(x, biases, mix_logits, *weights)
+        return forward(x, weights, biases, mix_logits)
 
     @staticmethod
     def backward(ctx, gout):
         x, b, m, *ws = ctx.saved_tensors
-        meta = ctx.meta
-        B, S, D = x.shape
-        g = gout.contiguous()
-        need_dx = ctx.needs_input_grad[0]
-        dx = torch.empty_like(x) if need_dx else None
-        dws = tuple(torch.empty_like(w) for w in ws)
-        db = torch.empty_like(b)
-        dm = torch.empty_like(m)
-        if B == 0 or D == 0:
-            for t in (dx, db, dm, *dws):
-                if t is not None:
-                    t.zero_()
-        else:
-            block_d = min(512, next_pow2(D), max(64, 2048 // meta["S_PAD"]))
-            progs = min(B, 4 * num_sms(x.device))
-            rows = triton.cdiv(B, progs)
-            progs = triton.cdiv(B, rows)
-            ws_len = meta["T_PAD"] * meta["S_PAD"] + 1
-            work = zeroed_workspace("msidf_bwd", x.device, ws_len, torch.float32)
-            cnt = zeroed_workspace("msidf_bwd_cnt", x.device, 1, torch.int32)
-            _msidf_bwd_kernel[(progs,)](
-                x, g, tuple(ws), b, m,
-                dx if need_dx else x, dws, db, dm, work, cnt,
-                B, D, m.numel(), rows,
-                BLOCK_D=block_d, NEED_DX=need_dx, num_warps=4, **meta,
-            )
+        dx, db, dm, dws = backward(gout, x, ws, b, m, bool(ctx.needs_input_grad[0]))
         return (dx, db, dm, *dws)
 
 
-def msidf(x, weights, biases, mix_logits):
-    """Triton MSIDF fusion, same contract as :func:`kernels.msidf.reference.msidf`."""
+def check_args(weights, biases, mix_logits):
     if len(weights) == 0:
         raise ValueError("msidf needs at least one branch")
+    if len(weights) > MAX_BRANCHES:
+        raise ValueError(f"the Triton msidf takes at most {MAX_BRANCHES} branches, got {len(weights)}")
     if mix_logits.numel() < len(weights):
         raise ValueError(f"need at least {len(weights)} mixing logits, got {mix_logits.numel()}")
     if biases.numel() != len(weights):
         raise ValueError(f"need one bias per branch: {biases.numel()} biases, {len(weights)} branches")
+
+
+def msidf(x, weights, biases, mix_logits):
+    """Triton MSIDF fusion, same contract as :func:`kernels.msidf.reference.msidf`."""
+    check_args(weights, biases, mix_logits)
     return _MSIDFFunction.apply(x, biases, mix_logits, *weights)
 
 
-def compile_cases():
-    """Example launches for :mod:`kernels._compile_check` (real-size dtypes and constexprs)."""
+def launch_cases(sms: int = 132):
+    """The launches of one forward and backward at the trainer's real sizes, argument for argument
+    as the wrappers above make them (for :mod:`kernels.resources`): x (B, 2, 768) bf16 with
+    B = 32 and 256, branches k = 3, 5, three mixing logits, on a GPU with ``sms`` multiprocessors."""
+    from kernels.resources import Launch, aligned
+
+    S, D, ks, M, dt = 2, 768, (3, 5), 3, torch.bfloat16
+    x = aligned(dt)
+    ws = tuple(aligned(dt) for _ in ks)
+    b, m, f32 = aligned(dt), aligned(dt), aligned(torch.float32)
+    meta = _meta_from(S, ks, M)
     cases = []
-    for dt in (torch.float32, torch.bfloat16):
-        for ks, S in (((3, 5), 2), ((1, 3, 7), 3)):
-            x = torch.empty(0, dtype=dt)
-            ws = tuple(torch.empty(0, dtype=dt) for _ in ks)
-            b = torch.empty(0, dtype=dt)
-            m = torch.empty(0, dtype=dt)
-            P = max(ks) // 2
-            meta = dict(S=S, S_PAD=next_pow2(S), KS=ks, N=len(ks), P=P, T_PAD=next_pow2(2 * P + 1),
-                        M_PAD=4)
-            fwd_args = dict(x_ptr=x, w_ptrs=ws, b_ptr=b, m_ptr=m, out_ptr=x, D=768, M=3)
-            cases.append((f"msidf_fwd[{dt},{ks}]", _msidf_fwd_kernel, fwd_args,
-                          dict(meta, BLOCK_D=1024), 4))
-            cnt = torch.empty(0, dtype=torch.int32)
-            w32 = torch.empty(0, dtype=torch.float32)
-            bwd_args = dict(x_ptr=x, g_ptr=x, w_ptrs=ws, b_ptr=b, m_ptr=m, dx_ptr=x, dw_ptrs=ws,
-                            db_ptr=b, dm_ptr=m, ws_ptr=w32, cnt_ptr=cnt, B=256, D=768, M=3, ROWS=2)
-            cases.append((f"msidf_bwd[{dt},{ks}]", _msidf_bwd_kernel, bwd_args,
-                          dict(meta, BLOCK_D=512, NEED_DX=True), 4))
+    for B in (32, 256):
+        cfg = f"B={B} S={S} D={D} k={ks} bf16"
+        cases.append(Launch("msidf_fwd", cfg, _msidf_fwd_kernel,
+                            (triton.cdiv(D, _fwd_block_d(D, meta)), B), (x, *_slots(ws), b, m, x, D, M),
+                            dict(BLOCK_D=_fwd_block_d(D, meta), num_warps=4, **meta)))
+        block_d, progs, rows = _bwd_plan(B, D, meta, sms)
+        cases.append(Launch("msidf_bwd", cfg + f", {progs} programs", _msidf_bwd_kernel, (progs,),
+                            (x, x, *_slots(ws), b, m, x, f32, B, D, M, rows),
+                            dict(BLOCK_D=block_d, NEED_DX=True, num_warps=4, **meta)))
+        cases.append(Launch("msidf_bwd_reduce", cfg, _msidf_bwd_reduce_kernel, (1,),
+                            (f32, *_slots(ws), b, m, *_slots(ws), b, m, progs, M),
+                            dict(RED=_RED, num_warps=4, **meta)))
     return cases

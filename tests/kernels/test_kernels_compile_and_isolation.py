@@ -1,4 +1,4 @@
-"""Checks that need a fresh process: GPU compilation of every kernel, the interpreter fallback."""
+"""Checks that need a fresh process: the interpreter fallback, import without triton."""
 import os
 import subprocess
 import sys
@@ -19,16 +19,6 @@ def _env(**changes):
     return env
 
 
-def test_every_kernel_compiles_for_sm80_and_sm90():
-    """The interpreter runs Python, so it accepts code the GPU compiler rejects; lower every
-    kernel to a cubin (no GPU needed) in a process where TRITON_INTERPRET is unset."""
-    pytest.importorskip("triton")
-    proc = subprocess.run([sys.executable, "-m", "kernels._compile_check"], cwd=ROOT,
-                          env=_env(TRITON_INTERPRET=None), capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "FAIL" not in proc.stdout and proc.stdout.count("ok ") >= 40
-
-
 def test_interpreter_suite_in_subprocess(request):
     """triton was imported before TRITON_INTERPRET=1 could be set (the in-process Triton tests
     were skipped): run this folder again in a fresh process where the interpreter works."""
@@ -37,7 +27,7 @@ def test_interpreter_suite_in_subprocess(request):
     here = os.path.dirname(os.path.abspath(__file__))
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", here,
-         "-k", "not test_every_kernel_compiles and not test_interpreter_suite_in_subprocess"],
+         "-k", "not test_launch_resources_within_budget and not test_interpreter_suite_in_subprocess"],
         cwd=ROOT, env=_env(TRITON_INTERPRET="1"), capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
