@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Tuple
 import os
 
 import torch
@@ -40,3 +42,24 @@ def scratch(shape, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     slot before the second reads any, so its previous content never matters (no memset, and
     nothing outlives the call: safe under CUDA graphs, streams and devices)."""
     return torch.empty(shape, dtype=dtype, device=device)
+
+
+# What a wrapper launches, for kernels.resources: each triton.py lists its real launches as
+# Launch records (launch_cases()), which kernels.resources compiles without a GPU.
+@dataclass
+class Launch:
+    """One kernel launch as a wrapper makes it: positional args and keyword constexprs/options."""
+    kernel_name: str
+    config: str
+    kernel: Callable
+    grid: Tuple[int, ...]
+    args: Tuple[Any, ...]
+    kwargs: Dict[str, Any]
+
+
+def aligned(dtype: torch.dtype) -> torch.Tensor:
+    """A small CPU tensor standing for a device buffer: torch's allocators return at least
+    16-byte aligned storage, which is the alignment Triton specialises on."""
+    t = torch.empty(64, dtype=dtype)
+    assert t.data_ptr() % 16 == 0
+    return t

@@ -30,26 +30,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 
-from kernels._util import interpret_mode
-
-
-@dataclass
-class Launch:
-    """One kernel launch as a wrapper makes it: positional args and keyword constexprs/options."""
-    kernel_name: str
-    config: str
-    kernel: Callable
-    grid: Tuple[int, ...]
-    args: Tuple[Any, ...]
-    kwargs: Dict[str, Any]
-
-
-def aligned(dtype: torch.dtype) -> torch.Tensor:
-    """A small CPU tensor standing for a device buffer: torch's allocators return at least
-    16-byte aligned storage, which is the alignment Triton specialises on."""
-    t = torch.empty(64, dtype=dtype)
-    assert t.data_ptr() % 16 == 0
-    return t
+from kernels._util import Launch, aligned, interpret_mode  # noqa: F401 (Launch, aligned: re-exported)
 
 
 # Per-SM limits used for occupancy (CUDA occupancy calculator values).

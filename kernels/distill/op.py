@@ -13,12 +13,12 @@ from typing import List, Tuple
 import torch
 from torch import Tensor
 
-from kernels.dispatch import _triton_available
+from kernels.dispatch import triton_available
 from kernels.distill import reference
 
 
 def _use_triton(p: Tensor) -> bool:
-    return p.device.type == "cuda" and _triton_available()
+    return p.device.type == "cuda" and triton_available()
 
 
 @torch.library.triton_op("lmsrr::distill", mutates_args=())

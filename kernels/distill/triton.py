@@ -26,7 +26,7 @@ import triton.language as tl
 from torch.library import wrap_triton
 
 from kernels import _util
-from kernels._util import interpret_mode, launch_guard, next_pow2, num_sms
+from kernels._util import Launch, aligned, interpret_mode, launch_guard, next_pow2, num_sms
 
 
 @triton.jit
@@ -244,8 +244,6 @@ def launch_cases(sms: int = 132):
     """The launches of one forward and backward at the trainer's real size, argument for argument
     as the wrappers above make them (for :mod:`kernels.resources`): 2 sources x 3 ViT-B/16 layers,
     six (32, 197, 768) bf16 pairs, on a GPU with ``sms`` multiprocessors (H100 SXM: 132)."""
-    from kernels.resources import Launch, aligned
-
     L, dt = 6, torch.bfloat16
     numels = (32 * 197 * 768,) * L
     olds = tuple(aligned(dt) for _ in range(L))

@@ -21,7 +21,7 @@ import triton
 import triton.language as tl
 
 from kernels import _util
-from kernels._util import interpret_mode, launch_guard, next_pow2
+from kernels._util import Launch, aligned, interpret_mode, launch_guard, next_pow2
 from kernels.masked_update.layout import FlatLayout
 from kernels.masked_update.reference import HP_COLS
 
@@ -273,8 +273,6 @@ def launch_cases(sms: int = 132):
     """The launches of one step over the real trainable set (2 x 3 ViT-B/16 blocks, float32
     flat buffers, gated, with and without AMP's grad_scale), argument for argument as
     :func:`_launch` makes them (for :mod:`kernels.resources`)."""
-    from kernels.resources import Launch, aligned
-
     layout = FlatLayout.build([VIT_B_BLOCK_SHAPES] * 6, list(range(6)), torch.device("cpu"))
     f32, i32, i64, u8 = (aligned(t) for t in (torch.float32, torch.int32, torch.int64, torch.uint8))
     n, G = layout.n_blocks, layout.n_groups

@@ -14,12 +14,12 @@ from typing import List
 import torch
 from torch import Tensor
 
-from kernels.dispatch import _triton_available
+from kernels.dispatch import triton_available
 from kernels.msidf import reference
 
 
 def _use_triton(x: Tensor) -> bool:
-    return x.device.type == "cuda" and _triton_available()
+    return x.device.type == "cuda" and triton_available()
 
 
 @torch.library.triton_op("lmsrr::msidf", mutates_args=())

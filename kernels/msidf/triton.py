@@ -38,7 +38,7 @@ import triton.language as tl
 from torch.library import wrap_triton
 
 from kernels import _util
-from kernels._util import interpret_mode, launch_guard, next_pow2, num_sms
+from kernels._util import Launch, aligned, interpret_mode, launch_guard, next_pow2, num_sms
 
 # pointer slots for the branch weights: torch's triton-op tracing cannot carry tuples of tensors,
 # so each weight is its own kernel argument
@@ -332,8 +332,6 @@ def launch_cases(sms: int = 132):
     """The launches of one forward and backward at the trainer's real sizes, argument for argument
     as the wrappers above make them (for :mod:`kernels.resources`): x (B, 2, 768) bf16 with
     B = 32 and 256, branches k = 3, 5, three mixing logits, on a GPU with ``sms`` multiprocessors."""
-    from kernels.resources import Launch, aligned
-
     S, D, ks, M, dt = 2, 768, (3, 5), 3, torch.bfloat16
     x = aligned(dt)
     ws = tuple(aligned(dt) for _ in ks)
