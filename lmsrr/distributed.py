@@ -112,5 +112,8 @@ def state_hash(module: torch.nn.Module) -> str:
     h = hashlib.sha256()
     for name, t in module.state_dict().items():
         h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        t = t.detach().cpu().contiguous()
+        # Bytes of a 1-D view: a 0-dim tensor (BatchNorm's num_batches_tracked) cannot be viewed
+        # as bytes, and every other tensor hashes as before.
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()

@@ -33,7 +33,7 @@ class LMSRRNet(nn.Module):
         dim = fusion_dim or max(widths)
         self.fusion = MSIDF(widths, dim, kernel_sizes, variant)
         self.classifier = nn.Linear(dim, n_classes)
-        n_levels = len(sources[0].blocks)
+        n_levels = [len(s.blocks) for s in sources]
         self.switch = SwitchVector(len(sources), n_levels, tau=tau, hard=hard_switch)
         # Stream and replay inputs may share one forward only if no trainable layer keeps
         # batch statistics (BatchNorm would see a different batch than the released code's).
@@ -108,7 +108,7 @@ class TrainableTop(nn.Module):
 def build_net(model_cfg, method_cfg, n_classes: int) -> LMSRRNet:
     specs = parse_sources(model_cfg.sources)
     weights = _weights_per_source(model_cfg.pretrained, len(specs))
-    sources = [Source(spec, model_cfg.trainable_blocks, w) for spec, w in zip(specs, weights)]
+    sources = [Source(spec, k, w) for spec, k, w in zip(specs, model_cfg.trainable_blocks_per_source, weights)]
     return LMSRRNet(sources, n_classes, model_cfg.kernel_sizes, model_cfg.msidf,
                     model_cfg.fusion_dim, method_cfg.tau, method_cfg.hard_switch)
 
