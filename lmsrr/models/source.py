@@ -1,8 +1,14 @@
-"""A source: one timm model split into a frozen prefix and k trainable top blocks.
+"""A source: one timm model split into a frozen prefix, k trainable top units and a frozen tail.
 
-    prefix  P_s : input -> z           frozen, eval mode, run once per input under no_grad
-    blocks  T_s : z -> h_1 .. h_k       trainable (ViT blocks or CNN stages); h_l is what ARO distils
-    tail        : h_k -> f_s            frozen parameters (final norm, pooling), gradients pass through
+    prefix  P_s : input -> z           forward_features stopped before the first trainable unit;
+                                       frozen, eval mode, run once per input under no_grad
+    blocks  T_s : z -> h_1 .. h_k       trainable units (ViT blocks or CNN stages); h_l is what ARO distils
+    tail        : h_k -> f_s            what forward_features does after the units (final norm or
+                                       conv), then forward_head's pooling; frozen, gradients pass through
+
+The split is the same for every family: the units come from timm's structure (the ``blocks`` /
+``stages`` / ``layers`` sequence, or feature_info's numbered stages), how forward_features uses them
+is traced once, and the result is checked against the model's own features before training.
 
 Each source resizes and normalises its input itself, from timm's data config, so sources with
 different resolutions and statistics run side by side on the same native-resolution batch.

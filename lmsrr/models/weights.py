@@ -153,8 +153,10 @@ def hub_cached_file(model: nn.Module, what: str) -> str:
     tag = cfg.get("architecture", "?") + (f".{cfg['tag']}" if cfg.get("tag") else "")
     if load_from == "hf-hub":
         repo, names = (loc if isinstance(loc, tuple) else (loc, None))
-        names = (names,) if names else ("open_clip_model.safetensors", "model.safetensors",
-                                        "open_clip_pytorch_model.bin", "pytorch_model.bin")
+        # timm prefers the safetensors twin of the file it is told to load (pytorch_model.bin)
+        name = names or "pytorch_model.bin"
+        twin = name.replace("pytorch_model.bin", "model.safetensors")
+        names = (twin, name) if twin != name else (name,)
         from huggingface_hub import constants, try_to_load_from_cache
 
         for name in names:
