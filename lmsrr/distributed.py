@@ -89,6 +89,15 @@ def barrier() -> None:
         dist.barrier()
 
 
+def broadcast_buffers_(module: torch.nn.Module) -> None:
+    """Rank 0's buffers to every rank. DDP copies them from rank 0 at the start of each forward, so
+    after a task's last step the BatchNorm statistics that step updated still differ by rank."""
+    if not is_initialized():
+        return
+    for b in module.buffers():
+        dist.broadcast(b, src=0)
+
+
 def average_grads_(params) -> None:
     """Average gradients that DDP does not see (parameters used outside the DDP forward)."""
     if not is_initialized():

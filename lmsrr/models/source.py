@@ -240,6 +240,9 @@ def create_timm_model(spec: SourceSpec, weights: str) -> nn.Module:
             state = wts.read_hf_vit_folder(weights, what)
         elif os.path.isfile(weights):
             state = wts.read_state_dict(weights, what)
+        elif os.path.isdir(weights):
+            raise UserError(f"{what}: {weights!r} is a folder without {wts.HF_CONFIG}; a Hugging Face ViT "
+                            f"folder holds {wts.HF_CONFIG} and {' or '.join(wts.HF_WEIGHTS)}")
         else:
             raise UserError(f"{what}: weight file {weights!r} does not exist")
     model = _build(spec, kwargs)

@@ -110,6 +110,10 @@ def test_hand_written_files(tmp_path, cli):
     code, err = cli("--sources", CNN, "--pretrained", str(tmp_path / "absent.pth"), "--out-dir", str(tmp_path))
     assert code == 2 and "does not exist" in err
 
+    (tmp_path / "empty").mkdir()
+    code, err = cli("--sources", CNN, "--pretrained", str(tmp_path / "empty"), "--out-dir", str(tmp_path))
+    assert code == 2 and "is a folder without config.json" in err
+
 
 def test_matching_file_loads_with_its_classifier_dropped(tmp_path):
     """A timm checkpoint with its 1000-class head (as timm ships them) loads into a head-less source."""
