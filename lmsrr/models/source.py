@@ -185,8 +185,8 @@ def split_model(m: nn.Module, k: int, name: str, input_size: tuple[int, int], in
     unit, where, units = find_units(m)
     n = len(units)
     if not 1 <= k <= n:
-        raise ConfigError(f"source {name}: trainable_blocks={k}, but {type(m).__name__} has "
-                          f"{n} {unit}{'s' if n != 1 else ''} ({where}); use 1..{n}")
+        raise ConfigError(f"source {name}: trainable_blocks={k} but the model has {n} "
+                          f"{unit}{'s' if n != 1 else ''} ({type(m).__name__} {where}); use 1..{n}")
     was = m.training
     m.eval()
     g = torch.Generator().manual_seed(0)

@@ -223,6 +223,6 @@ def load_into(model: nn.Module, sd: dict[str, torch.Tensor], what: str, origin: 
     sd = _drop_classifier(model, _timm_filter(model, sd), own)
     report = mismatch_report(own, sd)
     if report:
-        raise UserError(f"{what}: {origin} does not fit {type(model).__name__} "
-                        f"({len(own)} tensors; file {len(sd)}): {report}")
+        raise UserError(f"{what}: {origin} does not fit the model ({type(model).__name__}, {len(own)} "
+                        f"tensors; the file has {len(sd)}): {report}")
     model.load_state_dict(sd, strict=True)

@@ -185,8 +185,8 @@ def test_trainable_blocks_per_source(tmp_path):
     ("1,2,3", "gives 3 counts for 2 source(s)"),
     ("0", "every count must be >= 1"),
     ("2,x", "use one integer, or one per source"),
-    ("2,9", "trainable_blocks=9, but ResNet has 4 stages (layer1..4); use 1..4"),
-    ("5,1", "trainable_blocks=5, but VisionTransformer has 2 blocks (blocks.0..1); use 1..2"),
+    ("2,9", "trainable_blocks=9 but the model has 4 stages (ResNet layer1..4); use 1..4"),
+    ("5,1", "trainable_blocks=5 but the model has 2 blocks (VisionTransformer blocks.0..1); use 1..2"),
 ])
 def test_trainable_blocks_errors(tmp_path, cli, value, message):
     code, err = cli("--sources", f"{VIT},{CNN}", "--trainable-blocks", value, "--out-dir", str(tmp_path))
