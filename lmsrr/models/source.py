@@ -182,7 +182,10 @@ def _fixed_kwargs(unit: nn.Module, kw: dict) -> dict:
 
 
 def split_model(m: nn.Module, k: int, name: str, input_size: tuple[int, int], in_chans: int) -> Split:
-    unit, where, units = find_units(m)
+    try:
+        unit, where, units = find_units(m)
+    except ConfigError as e:
+        raise ConfigError(f"source {name}: {e}") from None
     n = len(units)
     if not 1 <= k <= n:
         raise ConfigError(f"source {name}: trainable_blocks={k} but the model has {n} "
