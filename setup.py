@@ -20,7 +20,8 @@ setup(
         "tqdm",
     ],
     extras_require={
-        "dev": ["pytest", "pytest-benchmark"],
+        # transformers: the tests that map a Hugging Face ViT folder onto a timm source
+        "dev": ["pytest", "pytest-benchmark", "transformers"],
         "tensorboard": ["tensorboard"],
         # NVIDIA DALI input pipelines (--loader dali; picked by --loader auto when installed).
         "dali": ["nvidia-dali-cuda130"],

@@ -37,10 +37,8 @@ def _run(cli_args, tmp_path):
 
 # --- Hugging Face transformers ViT folders -------------------------------------------------------
 
-transformers = pytest.importorskip("transformers")
-
-
 def _hf_vit(tmp_path, classifier: bool, safe: bool):
+    transformers = pytest.importorskip("transformers")  # the dev extra; only these tests need it
     cfg = transformers.ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                                  intermediate_size=64, image_size=32, patch_size=8)
     torch.manual_seed(3)
@@ -193,6 +191,12 @@ def test_trainable_blocks_errors(tmp_path, cli, value, message):
     assert code == 2 and message in err and "Traceback" not in err
 
 
+def test_family_without_units_is_refused_with_its_reason(tmp_path, cli):
+    code, err = cli("--sources", "densenet121(input_size=32)", "--out-dir", str(tmp_path))
+    assert code == 2 and "Traceback" not in err
+    assert "source densenet121: DenseNet cannot be split" in err and "no blocks / stages / layers" in err
+
+
 def test_unknown_structure_is_a_config_error():
     class Flat(nn.Module):  # no blocks/stages/layers and no feature_info: nothing to split
         def forward_features(self, x):
@@ -201,6 +205,36 @@ def test_unknown_structure_is_a_config_error():
     from lmsrr.models.source import find_units
     with pytest.raises(ConfigError, match="cannot be split"):
         find_units(Flat())
+
+
+class _Toy(nn.Module):
+    """A model with timm's interface whose forward_features does work outside its modules."""
+
+    def __init__(self, between: bool):
+        super().__init__()
+        self.blocks = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4))
+        self.between = between
+
+    def forward_features(self, x):
+        x = x.flatten(1)[:, :4]
+        x = self.blocks[0](x)
+        if self.between:
+            x = x * 2  # between two units: a split would lose it
+        x = self.blocks[1](x)
+        return x if self.between else x + 1  # after the last unit, outside any module
+
+    def forward_head(self, x, pre_logits=False):
+        return x
+
+
+@pytest.mark.parametrize("between,message", [
+    (True, "a unit's input is not the previous unit's output"),
+    (False, "changes the last unit's output other than by modules"),
+])
+def test_forward_that_a_split_would_change_is_refused(between, message):
+    from lmsrr.models.source import split_model
+    with pytest.raises(ConfigError, match=f"source toy: _Toy cannot be split at its blocks.*{message}"):
+        split_model(_Toy(between), 1, "toy", (2, 2), 1)
 
 
 # --- state_hash with BatchNorm ------------------------------------------------------------------
