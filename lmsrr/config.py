@@ -114,7 +114,7 @@ class ModelConfig:
     def __post_init__(self):
         _check_choice("msidf", self.msidf, ("attention", "reference"))
         self.trainable_blocks = str(self.trainable_blocks)  # configs saved with an int stay valid
-        self.trainable_blocks_per_source  # validates
+        _ = self.trainable_blocks_per_source  # parsed here so a bad value fails before any work
         _check(self.fusion_dim >= 0, f"fusion_dim must be >= 0, got {self.fusion_dim}")
         _check(bool(self.sources.strip()), "sources must name at least one timm model")
         try:
