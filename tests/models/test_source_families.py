@@ -91,12 +91,13 @@ def test_batch_norm_source_trains_its_units_only(family):
 
 
 # One short run per family, grouped into mixed multi-source runs (the paper's heterogeneous
-# sources); the first group trains two tasks so BatchNorm units are also distilled and replayed.
+# sources); two groups train two tasks, so BatchNorm units and EVA-02 blocks with their rotary
+# embedding are also distilled from their snapshot and replayed.
 RUNS = [
     (["vit", "swin", "resnet"], "3", "2"),
     (["deit", "convnext", "efficientnet"], "2", "1"),
     (["dinov2-reg", "convnextv2", "mobilenetv3"], "2,3,4", "1"),
-    (["eva02", "regnet", "fastvit"], "1,2,3", "1"),
+    (["eva02", "regnet", "fastvit"], "1,2,3", "2"),
     (["eva", "beit", "levit", "resnext"], "2", "1"),
 ]
 
@@ -105,10 +106,13 @@ RUNS = [
 def test_each_family_trains_end_to_end(tmp_path, families, blocks, tasks):
     sources = ",".join(FAMILIES[f][0] for f in families)
     code = main(["--sources", sources, "--trainable-blocks", blocks, "--epochs", "1",
-                 "--stop-after", tasks, "--batch-size", "64", "--no-progress", "--threads", "1",
+                 "--stop-after", tasks, "--batch-size", "64", "--log-every", "1", "--no-progress", "--threads", "1",
                  "--out-dir", str(tmp_path), "--run-name", "r"])
     assert code == 0
     res = json.loads((tmp_path / "r" / "results.json").read_text())
     assert res["complete"] and len(res["weights_sha256"]) == 64  # BatchNorm buffers hash too
     assert res["tasks_trained"] == int(tasks)
     assert 0 <= res["acc_class_il"][-1][0] <= 100
+    if tasks == "2":  # the second task distils every trainable unit from its snapshot
+        steps = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+        assert any("loss/distill" in r for r in steps)
