@@ -21,7 +21,8 @@ setup(
         "safetensors",
     ],
     extras_require={
-        "dev": ["pytest", "pytest-benchmark", "hypothesis"],
+        # transformers: the tests that map a Hugging Face ViT folder onto a timm source
+        "dev": ["pytest", "pytest-benchmark", "hypothesis", "transformers"],
         "tensorboard": ["tensorboard"],
         # NVIDIA DALI input pipelines (--loader dali; picked by --loader auto when installed).
         "dali": ["nvidia-dali-cuda130"],

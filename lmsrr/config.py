@@ -23,6 +23,7 @@ from lmsrr.fields import check as _check
 from lmsrr.fields import option as _f
 from lmsrr.fields import validate
 from lmsrr.methods.registry import available_methods, default_options, method_class, method_option_fields
+from lmsrr.models.spec import parse_sources
 
 # Two small, heterogeneous, randomly initialised timm sources sized for 8x8 digits (upsampled):
 # a 4-block ViT on 16x16 inputs and a 4-stage ConvNeXt on 32x32 inputs.
@@ -110,10 +111,14 @@ class ModelConfig:
     )
     pretrained: str = _f(
         "none",
-        "'none' (random init), 'hub' (timm weights from a warm local hub cache), or "
-        "comma-separated local weight files, one per source",
+        "'none' (random init), 'hub' (timm weights from the local hub cache; never downloads), or "
+        "comma-separated local weights, one per source: a timm/PyTorch/safetensors file, or a Hugging "
+        "Face transformers ViT folder (config.json + model.safetensors or pytorch_model.bin)",
     )
-    trainable_blocks: int = _f(3, "top blocks (ViT) or stages (CNN) of each source that are trained")
+    trainable_blocks: str = _f(
+        "3", "top units of each source that are trained (blocks of a ViT, stages of a CNN; see the "
+        "README's source families): one number for every source, or one per source such as '3,2'",
+    )
     msidf: str = _f(
         "attention",
         "fusion variant: 'reference' (the released code: multi-scale Conv1d branches mixed by a "
@@ -124,8 +129,10 @@ class ModelConfig:
     fusion_dim: int = _f(0, "common feature width D for fusion (0 = widest source)")
 
     def __post_init__(self):
+        if isinstance(self.trainable_blocks, int) and not isinstance(self.trainable_blocks, bool):
+            self.trainable_blocks = str(self.trainable_blocks)  # configs saved with an int stay valid
         validate(self)
-        _check(self.trainable_blocks >= 1, f"trainable_blocks must be >= 1, got {self.trainable_blocks}")
+        _ = self.trainable_blocks_per_source  # parsed here so a bad value fails before any work
         _check(self.fusion_dim >= 0, f"fusion_dim must be >= 0, got {self.fusion_dim}")
         _check(bool(self.sources.strip()), "sources must name at least one timm model")
         try:
@@ -134,6 +141,22 @@ class ModelConfig:
             raise ConfigError(f"fusion_kernels={self.fusion_kernels!r}: use odd integers like '3,5'")
         _check(len(ks) >= 1 and all(k >= 1 and k % 2 == 1 for k in ks),
                f"fusion_kernels={self.fusion_kernels!r}: every kernel size must be a positive odd integer")
+
+    @property
+    def trainable_blocks_per_source(self) -> tuple[int, ...]:
+        """``trainable_blocks`` for each source in ``sources`` order (one number applies to all)."""
+        text = self.trainable_blocks.replace(" ", "")
+        parts = text.split(",")
+        _check(all(p.isdigit() for p in parts),
+               f"trainable_blocks={self.trainable_blocks!r}: use one integer, or one per source like '3,2'")
+        ks = tuple(int(p) for p in parts)
+        _check(all(k >= 1 for k in ks), f"trainable_blocks={self.trainable_blocks!r}: every count must be >= 1")
+        n = len(parse_sources(self.sources))
+        if len(ks) == 1:
+            return ks * n
+        _check(len(ks) == n, f"trainable_blocks={self.trainable_blocks!r} gives {len(ks)} counts for "
+                             f"{n} source(s); give one number, or one per source")
+        return ks
 
     @property
     def kernel_sizes(self) -> tuple[int, ...]:

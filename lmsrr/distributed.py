@@ -97,6 +97,15 @@ def barrier() -> None:
         dist.barrier()
 
 
+def broadcast_buffers_(module: torch.nn.Module) -> None:
+    """Rank 0's buffers to every rank. DDP copies them from rank 0 at the start of each forward, so
+    after a task's last step the BatchNorm statistics that step updated still differ by rank."""
+    if not is_initialized():
+        return
+    for b in module.buffers():
+        dist.broadcast(b, src=0)
+
+
 def average_grads_(params) -> None:
     """Average gradients that DDP does not see (parameters used outside the DDP forward)."""
     if not is_initialized():
@@ -120,5 +129,8 @@ def state_hash(module: torch.nn.Module) -> str:
     h = hashlib.sha256()
     for name, t in module.state_dict().items():
         h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        t = t.detach().cpu().contiguous()
+        # Bytes of a 1-D view: a 0-dim tensor (BatchNorm's num_batches_tracked) cannot be viewed
+        # as bytes, and every other tensor hashes as before.
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()

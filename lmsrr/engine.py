@@ -435,6 +435,7 @@ class Trainer:
             for t in range(first_task, self.n_tasks):
                 t0 = time.perf_counter()
                 self.train_task(t)
+                distributed.broadcast_buffers_(self.net)
                 train_s = time.perf_counter() - t0
                 self.train_s_total += train_s
                 self._evaluate(t, train_s)

@@ -51,7 +51,7 @@ class LMSRR(ContinualMethod):
         # distillation, which the engine computes outside the compiled top, so it lives here and
         # not in the network. Drawn first, right after the network (its initial values depend on
         # the random stream's position).
-        n_levels = len(net.sources[0].blocks)
+        n_levels = [len(s.blocks) for s in net.sources]  # --trainable-blocks may differ per source
         self.switch = SwitchVector(len(net.sources), n_levels, tau=opts.tau,
                                    hard=opts.hard_switch).to(device)
         self.alpha, self.beta = opts.alpha, opts.beta

@@ -108,7 +108,7 @@ class TrainableTop(nn.Module):
 def build_net(model_cfg, n_classes: int) -> LMSRRNet:
     specs = parse_sources(model_cfg.sources)
     weights = _weights_per_source(model_cfg.pretrained, len(specs))
-    sources = [Source(spec, model_cfg.trainable_blocks, w) for spec, w in zip(specs, weights)]
+    sources = [Source(spec, k, w) for spec, k, w in zip(specs, model_cfg.trainable_blocks_per_source, weights)]
     return LMSRRNet(sources, n_classes, model_cfg.kernel_sizes, model_cfg.msidf,
                     model_cfg.fusion_dim)
 

@@ -1,7 +1,8 @@
 """Parse ``--sources``: ``name(key=value,...)`` items separated by top-level commas.
 
 Values are read as int, float, bool (true/false) or string; ``a/b/c`` is a tuple. The key
-``input_size`` is ours (the source's input resolution; for ViTs it is also passed as ``img_size``);
+``input_size`` is ours (the source's input resolution; models that take an ``img_size`` -- ViTs,
+Swin, EVA, LeViT -- also get it as that);
 every other key goes to ``timm.create_model``.
 """
 from __future__ import annotations
