@@ -9,7 +9,7 @@ custom op ``torch.ops.lmsrr.distill`` (see :mod:`kernels.distill.op`).
 """
 import torch
 
-from kernels.dispatch import resolve
+from kernels.dispatch import get_backend, resolve
 from kernels.distill import op as _op  # noqa: F401  (registers torch.ops.lmsrr.distill)
 from kernels.distill.reference import distill_loss as distill_loss_reference
 
@@ -23,7 +23,9 @@ def distill_loss(h_old, h, p):
         from kernels.distill.triton import distill_loss as distill_loss_triton
 
         return distill_loss_triton(h_old, h, p)
-    if choice == "torch" and p.device.type == "cuda":
+    if choice == "torch" and (p.device.type == "cuda" or get_backend() == "torch"):
+        # The plain reference (autograd through torch ops): on CUDA when asked for, and whenever
+        # the torch backend is forced (functorch transforms such as EWC's vmap(grad) need it).
         return distill_loss_reference(h_old, h, p)
     # the custom op: Triton on CUDA, the reference on CPU; one node under torch.compile
     return torch.ops.lmsrr.distill(list(h_old), list(h), p)[0]

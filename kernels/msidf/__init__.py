@@ -9,7 +9,7 @@ through the custom op ``torch.ops.lmsrr.msidf`` (see :mod:`kernels.msidf.op`).
 """
 import torch
 
-from kernels.dispatch import resolve
+from kernels.dispatch import get_backend, resolve
 from kernels.msidf import op as _op  # noqa: F401  (registers torch.ops.lmsrr.msidf)
 from kernels.msidf.reference import msidf as msidf_reference
 
@@ -23,7 +23,9 @@ def msidf(x, weights, biases, mix_logits):
         from kernels.msidf.triton import msidf as msidf_triton
 
         return msidf_triton(x, weights, biases, mix_logits)
-    if choice == "torch" and x.device.type == "cuda":
+    if choice == "torch" and (x.device.type == "cuda" or get_backend() == "torch"):
+        # The plain reference (autograd through torch ops): on CUDA when asked for, and whenever
+        # the torch backend is forced (functorch transforms such as EWC's vmap(grad) need it).
         return msidf_reference(x, weights, biases, mix_logits)
     # the custom op: Triton on CUDA, the reference on CPU; one node under torch.compile
     return torch.ops.lmsrr.msidf(x, list(weights), biases, mix_logits)

@@ -7,6 +7,8 @@ import time
 import pytest
 import timm
 import torch
+
+from lmsrr.models.aro import SwitchVector
 import torch.nn as nn
 from safetensors.torch import save_file
 
@@ -167,10 +169,10 @@ def test_hub_loads_from_a_warm_cache_offline(tmp_path, monkeypatch, no_network):
 def test_trainable_blocks_per_source(tmp_path):
     cfg = ModelConfig(sources=f"{VIT},{CNN}", trainable_blocks="1,3")
     assert cfg.trainable_blocks_per_source == (1, 3)
-    net = build_net(cfg, Config().method, n_classes=10)
+    net = build_net(cfg, n_classes=10)
     assert [len(s.blocks) for s in net.sources] == [1, 3]
-    p = net.switch()
-    assert p.shape == (4,)  # one gate per (source, trainable unit)
+    switch = SwitchVector(len(net.sources), [len(s.blocks) for s in net.sources])
+    assert switch().shape == (4,)  # one gate per (source, trainable unit)
     hs, _ = net.top(net.prefix(torch.rand(2, 1, 8, 8)))
     assert [len(h) for h in hs] == [1, 3]
     assert ModelConfig(sources=f"{VIT},{CNN}", trainable_blocks="2").trainable_blocks_per_source == (2, 2)
