@@ -7,8 +7,6 @@ import time
 import pytest
 import timm
 import torch
-
-from lmsrr.models.aro import SwitchVector
 import torch.nn as nn
 from safetensors.torch import save_file
 
@@ -16,6 +14,7 @@ from lmsrr.cli import main
 from lmsrr.config import Config, ModelConfig
 from lmsrr.distributed import state_hash
 from lmsrr.errors import ConfigError
+from lmsrr.models.aro import SwitchVector
 from lmsrr.models.net import build_net
 from lmsrr.models.source import Source, parse_sources
 
