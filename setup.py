@@ -9,6 +9,8 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["lmsrr", "lmsrr.*", "kernels", "kernels.*"]),
+    # The built-in source weights (--pretrained builtin) ship inside the package.
+    package_data={"lmsrr": ["weights/*.safetensors", "weights/*.json"]},
     # torch and torchvision are capped so that pip never replaces an installed 2.14.1 build.
     install_requires=[
         "torch>=2.4,<=2.14.1",
@@ -18,6 +20,7 @@ setup(
         "scikit-learn",
         "matplotlib",
         "tqdm",
+        "safetensors",
     ],
     extras_require={
         "dev": ["pytest", "pytest-benchmark"],
@@ -25,5 +28,6 @@ setup(
         # NVIDIA DALI input pipelines (--loader dali; picked by --loader auto when installed).
         "dali": ["nvidia-dali-cuda130"],
     },
-    entry_points={"console_scripts": ["lmsrr-train=lmsrr.cli:main", "lmsrr-compare=lmsrr.compare:main"]},
+    entry_points={"console_scripts": ["lmsrr-train=lmsrr.cli:main", "lmsrr-compare=lmsrr.compare:main",
+                                        "lmsrr-pretrain=lmsrr.pretrain.train:main"]},
 )

@@ -81,8 +81,9 @@ class ModelConfig:
     )
     pretrained: str = _f(
         "none",
-        "'none' (random init), 'hub' (timm weights from a warm local hub cache), or "
-        "comma-separated local weight files, one per source",
+        "'none' (random init), 'hub' (timm weights from a warm local hub cache), 'builtin' (the "
+        "weights shipped with lmsrr for the default sources, pre-trained on generated fractals by "
+        "lmsrr-pretrain), or comma-separated local weight files, one per source",
     )
     trainable_blocks: int = _f(3, "top blocks (ViT) or stages (CNN) of each source that are trained")
     msidf: str = _f(
