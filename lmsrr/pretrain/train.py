@@ -141,6 +141,13 @@ def prepare(spec: SourceSpec, n_classes: int, seed: int) -> Prepared:
     if int(cfg["input_size"][0]) != 3:
         raise ConfigError(f"source {spec.name}: pre-training needs a 3-channel model (in_chans=3)")
     model.reset_classifier(n_classes)
+    try:  # one tiny forward: a model that cannot run at this input size fails here, named
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, 3, size, size))
+    except RuntimeError as e:
+        raise ConfigError(f"source {spec.name} does not run on {size}x{size} inputs ({e}); "
+                          f"change its input_size") from e
+    model.train()
     classifier = model.pretrained_cfg.get("classifier") or "head"
     classifier = (classifier,) if isinstance(classifier, str) else tuple(classifier)
     return Prepared(spec, model, (size, size),

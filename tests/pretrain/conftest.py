@@ -20,3 +20,8 @@ def pretrain(tmp_path, capsys):
         return code, capsys.readouterr().err, out
 
     return run
+
+
+@pytest.fixture
+def tiny_source() -> str:
+    return TINY_SOURCE

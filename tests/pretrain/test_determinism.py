@@ -52,3 +52,14 @@ def test_generated_sets_are_seeded_and_independent_of_worker_threads():
     # Instances differ from one another; the figures are not blank.
     assert (x1[0] != x1[3]).any()
     assert x1.float().std(dim=(1, 2, 3)).min() > 5
+
+
+def test_a_sources_weights_do_not_depend_on_the_other_sources_listed(pretrain, tiny_source):
+    # The built-in files may be made source by source (in parallel) and finished by the full
+    # command with --resume auto: that is only the same result if each source's weights depend
+    # on nothing but its own item.
+    cnx = "convnext_atto(input_size=32,dims=8/16/32/64,depths=1/1/1/1)"
+    _, err_a, alone = pretrain("alone")
+    code, err, both = pretrain("both", "--sources", f"{cnx},{tiny_source}")
+    assert code == 0, err
+    assert (alone / FILE).read_bytes() == (both / FILE).read_bytes()
