@@ -41,7 +41,7 @@ from lmsrr.config import DEFAULT_SOURCES
 from lmsrr.data.augment import Augment, to_float
 from lmsrr.errors import ConfigError, UserError
 from lmsrr.fields import check, flag_of, option, validate, value_type
-from lmsrr.models.source import create_timm_model, split_model
+from lmsrr.models.source import Source
 from lmsrr.models.spec import SourceSpec, parse_sources
 from lmsrr.precision import resolve_precision
 from lmsrr.pretrain.builtin import MANIFEST, sha256_file, spec_key
@@ -132,28 +132,23 @@ def prepare(spec: SourceSpec, n_classes: int, seed: int) -> Prepared:
     # Seeded right before creation, so a source's initial weights do not depend on which other
     # sources the command lists.
     torch.manual_seed(seed)
-    model = create_timm_model(spec, "none")
-    split_model(model, 1, spec.name)  # a model the trainer cannot split is refused here, not later
-    cfg = timm.data.resolve_model_data_config(model)
-    pe = getattr(model, "patch_embed", None)
-    native = int(pe.img_size[0]) if pe is not None and getattr(pe, "img_size", None) else int(cfg["input_size"][-1])
-    size = spec.input_size or native
-    if int(cfg["input_size"][0]) != 3:
-        raise ConfigError(f"source {spec.name}: pre-training needs a 3-channel model (in_chans=3)")
-    model.reset_classifier(n_classes)
-    try:  # one tiny forward: a model that cannot run at this input size fails here, named
-        with torch.no_grad():
-            model.eval()(torch.zeros(1, 3, size, size))
+    try:
+        # Built, split and checked exactly as the trainer builds it (a model the trainer cannot
+        # split or run at its input size is refused here); its input size, resizing and mean /
+        # std are the trainer's by construction.
+        src = Source(spec, 1, "none")
     except RuntimeError as e:
-        raise ConfigError(f"source {spec.name} does not run on {size}x{size} inputs ({e}); "
-                          f"change its input_size") from e
-    model.train()
+        raise ConfigError(f"source {spec.name} does not run on its input size ({e}); change its "
+                          f"input_size") from e
+    if src.in_chans != 3:
+        raise ConfigError(f"source {spec.name}: pre-training needs a 3-channel model (in_chans=3)")
+    model = src.model.train()
+    model.requires_grad_(True)  # the whole backbone learns, not only the trainer's top blocks
+    model.reset_classifier(n_classes)
     classifier = model.pretrained_cfg.get("classifier") or "head"
     classifier = (classifier,) if isinstance(classifier, str) else tuple(classifier)
-    return Prepared(spec, model, (size, size),
-                    "bilinear" if cfg.get("interpolation") == "bilinear" else "bicubic",
-                    torch.tensor(cfg["mean"]).view(1, -1, 1, 1), torch.tensor(cfg["std"]).view(1, -1, 1, 1),
-                    classifier)
+    return Prepared(spec, model, tuple(src.input_size), src.interpolation,
+                    src.mean.detach().clone(), src.std.detach().clone(), classifier)
 
 
 def model_input(p: Prepared, x: torch.Tensor) -> torch.Tensor:
