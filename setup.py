@@ -9,6 +9,8 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["lmsrr", "lmsrr.*", "kernels", "kernels.*"]),
+    # The built-in source weights (--pretrained builtin) ship inside the package.
+    package_data={"lmsrr": ["weights/*.safetensors", "weights/*.json"]},
     # torch and torchvision are capped so that pip never replaces an installed 2.14.1 build.
     install_requires=[
         "torch>=2.4,<=2.14.1",
@@ -29,5 +31,6 @@ setup(
     },
     entry_points={"console_scripts": ["lmsrr-train=lmsrr.cli:main", "lmsrr-compare=lmsrr.compare:main",
                                       "lmsrr-eval=lmsrr.eval_cli:eval_main",
-                                      "lmsrr-export=lmsrr.eval_cli:export_main"]},
+                                      "lmsrr-export=lmsrr.eval_cli:export_main",
+                                      "lmsrr-pretrain=lmsrr.pretrain.train:main"]},
 )

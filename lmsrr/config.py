@@ -111,7 +111,9 @@ class ModelConfig:
     )
     pretrained: str = _f(
         "none",
-        "'none' (random init), 'hub' (timm weights from the local hub cache; never downloads), or "
+        "'none' (random init), 'hub' (timm weights from the local hub cache; never downloads), "
+        "'builtin' (the weights shipped with lmsrr for the default sources, pre-trained on generated "
+        "fractals by lmsrr-pretrain), or "
         "comma-separated local weights, one per source: a timm/PyTorch/safetensors file, or a Hugging "
         "Face transformers ViT folder (config.json + model.safetensors or pytorch_model.bin)",
     )

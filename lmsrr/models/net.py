@@ -22,6 +22,7 @@ from lmsrr.errors import ConfigError
 
 from lmsrr.models.msidf import MSIDF
 from lmsrr.models.source import Source, parse_sources
+from lmsrr.pretrain.builtin import builtin_weight_files
 
 Hiddens = list[list[torch.Tensor]]  # [source][level]
 
@@ -107,19 +108,22 @@ class TrainableTop(nn.Module):
 
 def build_net(model_cfg, n_classes: int) -> LMSRRNet:
     specs = parse_sources(model_cfg.sources)
-    weights = _weights_per_source(model_cfg.pretrained, len(specs))
+    weights = _weights_per_source(model_cfg.pretrained, specs)
     sources = [Source(spec, k, w) for spec, k, w in zip(specs, model_cfg.trainable_blocks_per_source, weights)]
     return LMSRRNet(sources, n_classes, model_cfg.kernel_sizes, model_cfg.msidf,
                     model_cfg.fusion_dim)
 
 
-def _weights_per_source(pretrained: str, n: int) -> list[str]:
+def _weights_per_source(pretrained: str, specs) -> list[str]:
+    if pretrained == "builtin":  # the files shipped in lmsrr/weights/, verified against the manifest
+        return builtin_weight_files(specs)
+    n = len(specs)
     if pretrained in ("none", "hub"):
         return [pretrained] * n
     files = [p.strip() for p in pretrained.split(",")]
     if len(files) != n:
         raise ConfigError(f"--pretrained names {len(files)} weight file(s) for {n} source(s); "
-                          f"give one per source, or 'none' / 'hub'")
+                          f"give one per source, or 'none' / 'hub' / 'builtin'")
     return files
 
 
