@@ -22,7 +22,7 @@ def test_help_lists_generator_and_training_flags(capsys):
     (["--sources", "vit_tinny_patch16_224"], "unknown timm model"),
     (["--batch-size", "1000"], "no full global batch"),
     (["--device", "gpu"], "device='gpu'"),
-    (["--sources", "convnext_atto(input_size=16,dims=8/16/32/64,depths=1/1/1/1)"], "does not run on its input size"),
+    (["--sources", "convnext_atto(input_size=16,dims=8/16/32/64,depths=1/1/1/1)"], "does not run at input size"),
 ])
 def test_bad_settings_are_one_message_and_exit_2(pretrain, flags, words):
     code, err, out = pretrain("bad", *flags)
