@@ -273,13 +273,15 @@ def count_released(run: Run, task: int, old_net) -> dict:
         loss.backward()
         opt.step()
     row = {**step_row(c), **run.sizes()}
+    row["optimizer_bytes"] = tensor_bytes(list(opt.state.values()))
     row["param_bytes"] = tensor_bytes(list(net.parameters()), list(old_net.parameters()))
     row["method_state_bytes"] = tensor_bytes(method.switch, method.buffer.state_dict())
     return row
 
 
 def count_setting(s: Setting, run_dir: str) -> dict[str, dict]:
-    """Every row of one setting: a task's steps, its first-task and later-task step counts."""
+    """The rows of one setting: a first-task step (one step earlier has filled the replay
+    buffer), a later-task step, an evaluation batch, and the released formulation's steps."""
     torch.manual_seed(0)
     if s.compiled:
         return {f"{s.prefix}/compile": count_compile(s, run_dir)}
