@@ -11,3 +11,8 @@ class ConfigError(UserError, ValueError):
 
 class DataNotFoundError(UserError, FileNotFoundError):
     """A dataset is missing or incomplete under --data-root."""
+
+
+class WriteError(Exception):
+    """Writing a run's files failed (disk full, quota, I/O error). Not the user's input: the CLI
+    prints the message, which says what is intact and how to resume, and exits with status 1."""

@@ -23,13 +23,17 @@ def available_streams() -> list[str]:
     return sorted(_BUILDERS)
 
 
-def build_stream(data_cfg):
-    """Build the stream named by ``data_cfg.stream`` (a :class:`ContinualStream`)."""
-    name = data_cfg.stream
+def check_stream_name(name: str) -> None:
+    """Raise :class:`ConfigError` (with the closest name) unless ``name`` is a registered stream."""
     if name not in _BUILDERS:
         close = difflib.get_close_matches(name, _BUILDERS, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise ConfigError(
             f"unknown stream {name!r}{hint}; available: {', '.join(available_streams())}"
         )
-    return _BUILDERS[name](data_cfg)
+
+
+def build_stream(data_cfg):
+    """Build the stream named by ``data_cfg.stream`` (a :class:`ContinualStream`)."""
+    check_stream_name(data_cfg.stream)
+    return _BUILDERS[data_cfg.stream](data_cfg)

@@ -13,14 +13,14 @@ so a new task changes no shapes.
 from __future__ import annotations
 
 import copy
+import os
 
 import torch
 import torch.nn as nn
 
-from lmsrr.errors import ConfigError
-
+from lmsrr.errors import ConfigError, UserError
 from lmsrr.models.msidf import MSIDF
-from lmsrr.models.source import Source, parse_sources
+from lmsrr.models.source import Source, check_model_name, parse_sources
 
 Hiddens = list[list[torch.Tensor]]  # [source][level]
 
@@ -110,6 +110,17 @@ def build_net(model_cfg, n_classes: int) -> LMSRRNet:
     sources = [Source(spec, model_cfg.trainable_blocks, w) for spec, w in zip(specs, weights)]
     return LMSRRNet(sources, n_classes, model_cfg.kernel_sizes, model_cfg.msidf,
                     model_cfg.fusion_dim)
+
+
+def check_sources(model_cfg) -> None:
+    """What can be checked of the sources without building them: the spec parses, every name is
+    a timm model, and --pretrained names one existing weight file per source."""
+    specs = parse_sources(model_cfg.sources)
+    for spec in specs:
+        check_model_name(spec.name)
+    for spec, weights in zip(specs, _weights_per_source(model_cfg.pretrained, len(specs))):
+        if weights not in ("none", "hub") and not os.path.isfile(weights):
+            raise UserError(f"source {spec.name}: weight file {weights!r} does not exist")
 
 
 def _weights_per_source(pretrained: str, n: int) -> list[str]:
