@@ -342,8 +342,8 @@ class Trainer:
         bad = first_nonfinite(tensors)
         if bad is not None:
             raise NonFiniteError(
-                f"{bad} is not finite after step {self.step}; "
-                f"the checkpoint of this step was not written and {self.newest_checkpoint()}. "
+                f"{bad} is not finite after step {self.step}, so its checkpoint was not written; "
+                f"{self.newest_checkpoint()}. "
                 f"{self.guard.advice()}")
 
     def newest_checkpoint(self) -> str:
@@ -355,9 +355,9 @@ class Trainer:
 
     def resume_hint(self) -> str:
         if not ckpt.complete_steps(self.ckpt_root):
-            return (f"no checkpoint was written yet: free some space, remove {self.run_path} and "
+            return (f"No checkpoint was written yet: free some space, remove {self.run_path} and "
                     f"start the run again")
-        return (f"the newest checkpoint is intact: free some space and resume with the same "
+        return (f"The newest checkpoint is intact: free some space and resume with the same "
                 f"command plus --resume {self.run_path}")
 
     def _maybe_resume(self) -> None:
@@ -385,8 +385,12 @@ class Trainer:
             if dropped:
                 log.info("moved %d metrics records of steps after %d to metrics-abandoned.jsonl",
                          dropped, self.step)
-            # results.json may describe the abandoned history: rewrite it from the checkpoint.
-            self.run.write_json("results.json", self._results(self.train_s_total))
+            # results.json may describe the abandoned history: rewrite it from the checkpoint
+            # (or remove it when the checkpoint predates the first task's end).
+            if self.acc_c:
+                self.run.write_json("results.json", self._results(self.train_s_total))
+            elif os.path.exists(self.run.file("results.json")):
+                os.remove(self.run.file("results.json"))
         self.log({"checkpoint/resumed_from": folder, "checkpoint/code_revision": state["code_revision"]})
 
     # ------------------------------------------------------------------ signals
@@ -578,7 +582,7 @@ class Trainer:
                     matrices["task-IL"] = self.acc_t
                 self.run.save_heatmaps(matrices)
             except WriteError as e:
-                raise WriteError(f"{e}. Training finished and {self.resume_hint()}") from e
+                raise WriteError(f"{e}. Training finished. {self.resume_hint()}") from e
             finally:
                 self.run.close()
         return results
