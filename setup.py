@@ -20,7 +20,7 @@ setup(
         "tqdm",
     ],
     extras_require={
-        "dev": ["pytest", "pytest-benchmark"],
+        "dev": ["pytest", "pytest-benchmark", "hypothesis"],
         "tensorboard": ["tensorboard"],
         # NVIDIA DALI input pipelines (--loader dali; picked by --loader auto when installed).
         "dali": ["nvidia-dali-cuda130"],

@@ -88,6 +88,9 @@ def config_from_args(args: argparse.Namespace) -> Config:
         defaults = {(g, k): d[g][k] for g, k in RUN_IDENTITY}
         merge(read_config_file(args.config), f"--config {args.config}")
         for (group, key), default in defaults.items():
+            if not isinstance(d[group][key], str):  # ignored, but still a mistake worth naming
+                raise UserError(f"--config {args.config}: {key} must be a string, got "
+                                f"{_json_kind(d[group][key])}")
             if d[group][key] != default:
                 log.info("--config %s: %s=%r names an earlier run and is not reused; give --%s "
                          "to continue that run", args.config, key, d[group][key], key.replace("_", "-"))

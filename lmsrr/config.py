@@ -65,6 +65,7 @@ class DataConfig:
         _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         _check(self.eval_batch_size >= 1, f"eval_batch_size must be >= 1, got {self.eval_batch_size}")
         _check(self.loader_workers >= 0, f"loader_workers must be >= 0, got {self.loader_workers}")
+        _check(self.loader_workers <= 1024, f"loader_workers must be <= 1024, got {self.loader_workers}")
         _check(self.image_size == 0 or self.image_size >= 8,
                f"image_size must be 0 (the default, 224) or >= 8, got {self.image_size}")
         order = self.class_order
@@ -149,7 +150,7 @@ class MethodConfig:
         common = {f.name for f in dataclasses.fields(cls)} - {"options"}
         unknown = set(d) - common - set(flat)
         if unknown:
-            raise ConfigError(f"unknown method option(s): {', '.join(sorted(unknown))}")
+            raise ConfigError(f"unknown method option(s): {', '.join(map(repr, sorted(unknown)))}")
         per_method: dict[str, dict] = {}
         for key, value in d.items():
             if key in flat:
@@ -297,7 +298,7 @@ class Config:
             names = {g.name for g in dataclasses.fields(group_cls)}
             unknown = set(sub) - names
             if unknown:
-                raise ConfigError(f"unknown {f.name} option(s): {', '.join(sorted(unknown))}")
+                raise ConfigError(f"unknown {f.name} option(s): {', '.join(map(repr, sorted(unknown)))}")
             groups[f.name] = group_cls(**sub)
         return cls(**groups)
 
