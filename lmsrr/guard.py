@@ -5,7 +5,8 @@ looks only at log steps, before every checkpoint and at the end of each task. In
 first non-finite step stops the run (naming task, step and the offending loss term), and no
 checkpoint is written after it, so the newest checkpoint on disk is the last good one. Under the
 fp16 scaler a non-finite step is skipped by the scaler; only ``limit`` consecutive skips stop the
-run.
+run. Before a checkpoint, :func:`first_nonfinite` also checks the state itself (a finite loss can
+still leave inf weights after an optimizer step), with one host sync.
 """
 from __future__ import annotations
 
