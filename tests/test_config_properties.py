@@ -61,11 +61,15 @@ def _assert_refused(code, err):
 
 
 def _well_typed(kind: type, value) -> bool:
-    if kind is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool) and \
-            math.isfinite(float(value)) if not isinstance(value, int) or abs(value) < 2**1000 else False
-    if kind is int:
-        return isinstance(value, int) and not isinstance(value, bool)
+    """What the config must accept for a field of type ``kind``: the type itself (an integer for
+    a float), never a bool for a number, and finite numbers."""
+    if isinstance(value, bool) or kind is bool:
+        return isinstance(value, bool) and kind is bool
+    if kind is float and isinstance(value, (int, float)):
+        try:
+            return math.isfinite(float(value))
+        except OverflowError:  # an integer beyond any float
+            return False
     return isinstance(value, kind)
 
 
