@@ -10,6 +10,8 @@ Inputs are stored un-augmented (uint8, native resolution); replay augments them 
 """
 from __future__ import annotations
 
+import os
+
 import torch
 
 from lmsrr import distributed
@@ -94,4 +96,36 @@ def make_buffer(total_size: int, stream, device, method: str) -> ReservoirBuffer
     if local == 0:  # fewer slots than ranks: some rank would replay nothing
         raise ConfigError(f"method {method!r}: --buffer-size {total_size} is smaller than the number "
                           f"of ranks ({distributed.world_size()}); every rank needs at least one slot")
+    need = buffer_bytes(local, stream.image_shape, stream.n_classes)
+    free = free_memory(torch.device(device))
+    if free is not None and need > free:
+        raise ConfigError(f"method {method!r}: --buffer-size {total_size} needs {need / 2**30:.1f} GiB "
+                          f"on {device} for its replay buffer, {free / 2**30:.1f} GiB are free; "
+                          f"choose a smaller --buffer-size")
     return ReservoirBuffer(local, stream.image_shape, stream.n_classes, device)
+
+
+def buffer_bytes(capacity: int, input_shape: tuple[int, ...], logit_dim: int) -> int:
+    """Memory of a :class:`ReservoirBuffer` of uint8 inputs (with its scratch row)."""
+    per_row = 1
+    for d in input_shape:
+        per_row *= d
+    return (capacity + 1) * (per_row + 8 + 4 * logit_dim + 8)
+
+
+def free_memory(device: torch.device) -> int | None:
+    """Free memory of ``device`` in bytes (None when unknown). The buffer is allocated at start-up,
+    and an allocation larger than memory fails with a traceback (or the kernel's OOM killer)."""
+    try:
+        if device.type == "cuda":
+            return torch.cuda.mem_get_info(device)[0]
+        if device.type == "cpu":
+            if os.path.exists("/proc/meminfo"):  # MemAvailable counts reclaimable caches
+                with open("/proc/meminfo") as f:
+                    for line in f:
+                        if line.startswith("MemAvailable:"):
+                            return int(line.split()[1]) * 1024
+            return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, RuntimeError):
+        pass
+    return None

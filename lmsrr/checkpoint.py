@@ -8,7 +8,10 @@ Layout inside the run directory::
 
 Each file is written to a temporary name, fsync'd and renamed, so a checkpoint is either whole or
 absent; its SHA-256 is checked on load, so a truncated or corrupted one is detected and the
-previous one used instead (with a warning).
+previous one used instead (with a warning). A failed write (a full disk) raises
+:class:`lmsrr.errors.WriteError` and leaves no temporary file; the previous checkpoint is
+untouched. Deleting a checkpoint removes its ``COMPLETE`` marker first, so an interrupted deletion
+never leaves a folder that claims to be whole.
 """
 from __future__ import annotations
 
@@ -26,58 +29,78 @@ import torch
 
 from lmsrr import __version__
 from lmsrr.errors import UserError
+from lmsrr.storage import atomic_write_bytes, remove_quietly, remove_stale_temporaries, write_error
 
 log = logging.getLogger("lmsrr.checkpoint")
 
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
-def _fsync_dir(path: str) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: str, data: bytes) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(os.path.dirname(path))
+def step_folder(ckpt_root: str, step: int) -> str:
+    return os.path.join(ckpt_root, f"step-{step:08d}")
 
 
 def save_rank_state(ckpt_root: str, step: int, rank: int, state: dict) -> str:
-    folder = os.path.join(ckpt_root, f"step-{step:08d}")
-    os.makedirs(folder, exist_ok=True)
+    folder = step_folder(ckpt_root, step)
     buf = io.BytesIO()
     torch.save(state, buf)
     data = buf.getvalue()
     path = os.path.join(folder, f"rank{rank}.pt")
-    atomic_write_bytes(path, data)
-    atomic_write_bytes(path + ".sha256", hashlib.sha256(data).hexdigest().encode())
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as e:
+        raise write_error(f"the checkpoint of step {step}", folder, len(data), e) from e
+    atomic_write_bytes(path, data, f"the checkpoint of step {step}")
+    atomic_write_bytes(path + ".sha256", hashlib.sha256(data).hexdigest().encode(),
+                       f"the checksum of the checkpoint of step {step}")
     return folder
 
 
 def mark_complete(folder: str, world_size: int) -> None:
-    atomic_write_bytes(os.path.join(folder, "COMPLETE"), str(world_size).encode())
+    atomic_write_bytes(os.path.join(folder, "COMPLETE"), str(world_size).encode(),
+                       "the checkpoint's COMPLETE marker")
+
+
+def remove_checkpoint(folder: str) -> None:
+    """Delete one checkpoint folder, its COMPLETE marker first: a kill in the middle leaves an
+    incomplete folder (ignored and cleaned up later), never a data-less "complete" one."""
+    remove_quietly(os.path.join(folder, "COMPLETE"))
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def prune(ckpt_root: str, keep: int) -> None:
     """Remove all but the newest ``keep`` complete checkpoints (and any older partial ones)."""
-    complete = [s for s, f in _step_dirs(ckpt_root) if os.path.exists(os.path.join(f, "COMPLETE"))]
+    complete = complete_steps(ckpt_root)
     if len(complete) <= keep:
         return
-    cutoff = sorted(complete)[-keep]
+    cutoff = complete[-keep]
     for step, folder in _step_dirs(ckpt_root):
         if step < cutoff:
+            remove_checkpoint(folder)
+
+
+def discard_after(ckpt_root: str, step: int) -> list[str]:
+    """Remove every checkpoint newer than ``step``: after resuming from ``step``, they belong to a
+    history the resumed run abandoned (a rolled-back divergence, or the unusable ones a fallback
+    skipped) and must not be mistaken for its own."""
+    gone = [folder for s, folder in _step_dirs(ckpt_root) if s > step]
+    for folder in gone:
+        remove_checkpoint(folder)
+    return gone
+
+
+def clean_stale(ckpt_root: str) -> None:
+    """Remove what a killed writer left: temporary files, and folders without a COMPLETE marker
+    (a checkpoint interrupted while being written). Only while no rank is writing."""
+    remove_stale_temporaries(ckpt_root)
+    for _, folder in _step_dirs(ckpt_root):
+        if not os.path.exists(os.path.join(folder, "COMPLETE")):
             shutil.rmtree(folder, ignore_errors=True)
+
+
+def complete_steps(ckpt_root: str) -> list[int]:
+    """Steps of the checkpoints with a COMPLETE marker, oldest first (not verified)."""
+    return [s for s, f in _step_dirs(ckpt_root) if os.path.exists(os.path.join(f, "COMPLETE"))]
 
 
 def _step_dirs(ckpt_root: str) -> list[tuple[int, str]]:
@@ -101,6 +124,21 @@ def _verified_load(path: str):
     return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
 
 
+def _load_folder(folder: str, rank: int, world_size: int) -> dict:
+    """This rank's state from one checkpoint folder, after verifying every rank's file; raises
+    ValueError (or OSError) saying why the folder is unusable."""
+    marker = os.path.join(folder, "COMPLETE")
+    if not os.path.exists(marker):
+        raise ValueError("incomplete (no COMPLETE marker)")
+    with open(marker) as f:
+        saved_world = int(f.read().strip() or 0)
+    if saved_world != world_size:
+        raise ValueError(f"written by {saved_world} process(es), this run has {world_size}")
+    # Every rank verifies every file, so all ranks agree on which checkpoint is valid.
+    states = [_verified_load(os.path.join(folder, f"rank{r}.pt")) for r in range(world_size)]
+    return states[rank]
+
+
 def load_latest(ckpt_root: str, rank: int, world_size: int) -> tuple[dict, str] | None:
     """The newest checkpoint whose files all verify, as (this rank's state, folder); None if none.
 
@@ -108,21 +146,28 @@ def load_latest(ckpt_root: str, rank: int, world_size: int) -> tuple[dict, str] 
     warning naming the problem.
     """
     for step, folder in reversed(_step_dirs(ckpt_root)):
-        marker = os.path.join(folder, "COMPLETE")
         try:
-            if not os.path.exists(marker):
-                raise ValueError("incomplete (no COMPLETE marker)")
-            with open(marker) as f:
-                saved_world = int(f.read().strip() or 0)
-            if saved_world != world_size:
-                raise ValueError(f"written by {saved_world} process(es), this run has {world_size}")
-            # Every rank verifies every file, so all ranks agree on which checkpoint is valid.
-            states = [_verified_load(os.path.join(folder, f"rank{r}.pt")) for r in range(world_size)]
+            return _load_folder(folder, rank, world_size), folder
         except Exception as e:  # any unreadable checkpoint falls back to the previous one
             log.warning("checkpoint %s is unusable (%s); trying the previous one", folder, e)
-            continue
-        return states[rank], folder
     return None
+
+
+def load_named(folder: str, rank: int, world_size: int) -> tuple[dict, str]:
+    """Exactly the checkpoint in ``folder`` (``<run>/checkpoints/step-N``), no fallback: the user
+    asked for this one. An unusable folder is a :class:`UserError` saying why."""
+    try:
+        return _load_folder(folder, rank, world_size), folder
+    except Exception as e:
+        raise UserError(f"--resume {folder}: this checkpoint is unusable ({e}); name another "
+                        f"step-N folder, or give the run directory to take its newest valid one") from e
+
+
+def is_checkpoint_folder(path: str) -> bool:
+    """True for a path of the form ``.../checkpoints/step-N`` (a named checkpoint)."""
+    path = os.path.abspath(path)
+    return bool(_STEP_DIR.match(os.path.basename(path))) and \
+        os.path.basename(os.path.dirname(path)) == "checkpoints"
 
 
 def capture_rng(extra_generators: dict[str, torch.Generator]) -> dict:

@@ -12,7 +12,7 @@ import sys
 
 from lmsrr.config import PRESETS, Config
 from lmsrr.engine import Interrupted, run
-from lmsrr.errors import UserError
+from lmsrr.errors import UserError, WriteError
 from lmsrr.fields import flag_of, value_type
 from lmsrr.guard import NonFiniteError
 from lmsrr.methods.registry import method_option_fields, option_flag
@@ -62,25 +62,40 @@ def _add_flag(group, f: dataclasses.Field, flag: str, dest: str, default) -> Non
     group.add_argument(flag, type=type(default), metavar=f.name.rstrip("_").upper(), **kw)
 
 
+# A config file describes an experiment, not a particular run: the run directory's name and the
+# resume request are taken from flags only, so reusing RUN/config.json starts a new run.
+RUN_IDENTITY = (("log", "run_name"), ("runtime", "resume"))
+
+
 def config_from_args(args: argparse.Namespace) -> Config:
     d = Config().to_dict()
 
-    def merge(src: dict, origin: str):
+    def merge(src, origin: str):
+        if not isinstance(src, dict):
+            raise UserError(f"{origin}: expected a JSON object of option groups, e.g. "
+                            f'{{"optim": {{"lr": 0.1}}}}, got {_json_kind(src)}')
         for group, values in src.items():
-            if group not in d or not isinstance(values, dict):
-                raise UserError(f"{origin}: unknown option group {group!r}")
+            if group not in d:
+                raise UserError(f"{origin}: unknown option group {group!r}; the groups are "
+                                f"{', '.join(d)}")
+            if not isinstance(values, dict):
+                raise UserError(f"{origin}: option group {group!r} must be a JSON object of "
+                                f"options, got {_json_kind(values)}")
             d[group].update(values)
 
     if args.preset:
         merge(PRESETS[args.preset], f"preset {args.preset}")
     if args.config:
-        try:
-            with open(args.config) as fh:
-                merge(json.load(fh), args.config)
-        except OSError as e:
-            raise UserError(f"cannot read --config {args.config!r}: {e.strerror}") from e
-        except json.JSONDecodeError as e:
-            raise UserError(f"--config {args.config!r} is not valid JSON: {e}") from e
+        defaults = {(g, k): d[g][k] for g, k in RUN_IDENTITY}
+        merge(read_config_file(args.config), f"--config {args.config}")
+        for (group, key), default in defaults.items():
+            if not isinstance(d[group][key], str):  # ignored, but still a mistake worth naming
+                raise UserError(f"--config {args.config}: {key} must be a string, got "
+                                f"{_json_kind(d[group][key])}")
+            if d[group][key] != default:
+                log.info("--config %s: %s=%r names an earlier run and is not reused; give --%s "
+                         "to continue that run", args.config, key, d[group][key], key.replace("_", "-"))
+                d[group][key] = default
     for key, value in vars(args).items():
         if "." in key:
             group, name = key.split(".", 1)
@@ -101,6 +116,32 @@ def _log_preset_overrides(preset: str, cfg: Config) -> None:
         log.info("--preset %s with overrides: %s", preset, ", ".join(moved))
 
 
+def read_config_file(path: str):
+    """The parsed JSON of a --config file; unreadable, non-UTF-8 or invalid JSON is a UserError."""
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read()
+    except OSError as e:
+        raise UserError(f"cannot read --config {path!r}: {e.strerror}") from e
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"--config {path!r} is not UTF-8 text (byte 0x{raw[e.start]:02x} at "
+                        f"offset {e.start}); write it as UTF-8 JSON") from e
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UserError(f"--config {path!r} is not valid JSON: {e}") from e
+    except RecursionError as e:  # json's decoder is recursive: thousands of nested brackets
+        raise UserError(f"--config {path!r} is nested too deeply to be a config") from e
+
+
+def _json_kind(value) -> str:
+    names = {type(None): "null", bool: "a boolean", int: "a number", float: "a number",
+             str: "a string", list: "a list", dict: "an object"}
+    return names.get(type(value), type(value).__name__)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -118,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     except Interrupted as e:
         print(f"lmsrr-train: {e}", file=sys.stderr)
         return 128 + e.signum  # the shell's convention for "stopped by this signal"
-    except NonFiniteError as e:
+    except (NonFiniteError, WriteError) as e:  # not the input's fault: status 1
         print(f"lmsrr-train: error: {e}", file=sys.stderr)
         return 1
     return 0

@@ -34,7 +34,7 @@ from lmsrr.cli import config_from_args
 from lmsrr.data import build_stream
 from lmsrr.engine import Interrupted, Trainer
 from lmsrr.data.registry import stream_label
-from lmsrr.errors import UserError
+from lmsrr.errors import UserError, WriteError
 from lmsrr.guard import NonFiniteError
 from lmsrr.methods.registry import method_class
 
@@ -368,6 +368,9 @@ def main(argv: list[str] | None = None, prog: str = "lmsrr-compare") -> int:
     except UserError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
+    except WriteError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 1
     except Interrupted as e:
         # The finished methods are in the report; rerunning with --resume auto and the same
         # --out continues the interrupted method from its checkpoint (finished ones resume at

@@ -11,6 +11,7 @@ released code's recipes; explicit flags override them.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 
 # Importing the packages registers every built-in method (and its options) and stream before the
@@ -72,11 +73,15 @@ class DataConfig:
         _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         _check(self.eval_batch_size >= 1, f"eval_batch_size must be >= 1, got {self.eval_batch_size}")
         _check(self.loader_workers >= 0, f"loader_workers must be >= 0, got {self.loader_workers}")
+        _check(self.loader_workers <= 1024, f"loader_workers must be <= 1024, got {self.loader_workers}")
         _check(self.image_size == 0 or self.image_size >= 8,
                f"image_size must be 0 (the default, 224) or >= 8, got {self.image_size}")
         order = self.class_order
-        ok = order == "natural" or (order.startswith("seed:") and order[5:].lstrip("-").isdigit())
-        _check(ok, f"class_order={order!r}: use 'natural' or 'seed:N' (N an integer)")
+        seed = re.fullmatch(r"seed:(-?[0-9]{1,18})", order)
+        _check(order == "natural" or seed is not None,
+               f"class_order={order[:80]!r}: use 'natural' or 'seed:N' (N an integer)")
+        _check(self.split_seed >= 0, f"split_seed must be >= 0, got {self.split_seed}")
+        _check(self.image_size <= 4096, f"image_size must be <= 4096, got {self.image_size}")
         _check(self.tasks >= 0, f"tasks must be >= 1 (or 0: not set), got {self.tasks}")
         try:
             counts = self.class_counts
@@ -135,7 +140,7 @@ class ModelConfig:
             self.trainable_blocks = str(self.trainable_blocks)  # configs saved with an int stay valid
         validate(self)
         _ = self.trainable_blocks_per_source  # parsed here so a bad value fails before any work
-        _check(self.fusion_dim >= 0, f"fusion_dim must be >= 0, got {self.fusion_dim}")
+        _check(0 <= self.fusion_dim <= 65536, f"fusion_dim must be in [0, 65536], got {self.fusion_dim}")
         _check(bool(self.sources.strip()), "sources must name at least one timm model")
         try:
             ks = self.kernel_sizes
@@ -199,7 +204,7 @@ class MethodConfig:
         common = {f.name for f in dataclasses.fields(cls)} - {"options"}
         unknown = set(d) - common - set(flat)
         if unknown:
-            raise ConfigError(f"unknown method option(s): {', '.join(sorted(unknown))}")
+            raise ConfigError(f"unknown method option(s): {', '.join(map(repr, sorted(unknown)))}")
         per_method: dict[str, dict] = {}
         for key, value in d.items():
             if key in flat:
@@ -224,6 +229,10 @@ class OptimConfig:
         _check(self.lr > 0, f"lr must be > 0, got {self.lr}")
         _check(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
         _check(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
+        # Every step multiplies the weights by (1 - lr * weight_decay): at 1 or more they flip sign.
+        _check(self.lr * self.weight_decay < 1,
+               f"lr * weight_decay must be < 1 (each step scales the weights by 1 - lr * "
+               f"weight_decay), got lr={self.lr}, weight_decay={self.weight_decay}")
         _check(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
 
 
@@ -259,6 +268,9 @@ class RuntimeConfig:
         _check(d in ("auto", "cpu", "cuda") or (d.startswith("cuda:") and d[5:].isdigit()),
                f"device={d!r}: use 'auto', 'cpu', 'cuda' or 'cuda:N'")
         _check(self.threads >= 0, f"threads must be >= 0, got {self.threads}")
+        _check(self.threads <= 1024, f"threads must be <= 1024, got {self.threads}")
+        # NumPy's generator takes seeds in [0, 2**32); the same range everywhere.
+        _check(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
         _check(self.eval_cache_mb >= 0, f"eval_cache_mb must be >= 0, got {self.eval_cache_mb}")
         _check(self.stop_after >= 0, f"stop_after must be >= 0, got {self.stop_after}")
         _check(self.checkpoint_every >= 0, f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
@@ -281,6 +293,12 @@ class LogConfig:
     def __post_init__(self):
         validate(self)
         _check(self.log_every >= 1, f"log_every must be >= 1, got {self.log_every}")
+        _check(bool(self.out_dir.strip()), "out_dir must name a folder")
+        # The run directory is <out_dir>/<run_name>: one folder, never out_dir itself or its parent.
+        name = self.run_name
+        _check(name == "" or ("/" not in name and name.strip() not in (".", "..") and name.strip() == name),
+               f"run_name={name[:80]!r}: use one folder name (no '/', not '.' or '..', no "
+               f"leading or trailing spaces)")
 
 
 @dataclass
@@ -334,7 +352,7 @@ class Config:
             names = {g.name for g in dataclasses.fields(group_cls)}
             unknown = set(sub) - names
             if unknown:
-                raise ConfigError(f"unknown {f.name} option(s): {', '.join(sorted(unknown))}")
+                raise ConfigError(f"unknown {f.name} option(s): {', '.join(map(repr, sorted(unknown)))}")
             groups[f.name] = group_cls(**sub)
         return cls(**groups)
 

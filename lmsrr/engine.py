@@ -24,20 +24,20 @@ import kernels.dispatch
 from lmsrr import checkpoint as ckpt
 from lmsrr import distributed
 from lmsrr.config import Config
-from lmsrr.data import build_stream
+from lmsrr.data import build_stream, check_stream_name
 from lmsrr.data.registry import stream_label
-from lmsrr.errors import ConfigError, UserError
+from lmsrr.errors import ConfigError, UserError, WriteError
 from lmsrr.evaluate import PrefixCache, evaluate_seen_tasks
-from lmsrr.guard import NumericsGuard
+from lmsrr.guard import NonFiniteError, NumericsGuard, first_nonfinite
 from lmsrr.methods import Batch, build_method
 from lmsrr.methods.registry import method_class
 from lmsrr.metrics import summarize
-from lmsrr.models import TrainableTop, build_net, frozen_fingerprint, trainable_state
+from lmsrr.models import TrainableTop, build_net, check_sources, frozen_fingerprint, trainable_state
 from lmsrr.perf import StepTimer, count_flops, peak_flops, peak_memory_mb
 from lmsrr.position import StreamPosition, TaskCursor
 from lmsrr.precision import resolve_precision
 from lmsrr.profiling import StepProfiler
-from lmsrr.results import RunDir, format_summary
+from lmsrr.results import RunDir, check_writable, format_summary, holds_a_run
 
 log = logging.getLogger("lmsrr")
 
@@ -98,9 +98,32 @@ class Interrupted(Exception):
 
 
 class Trainer:
+    """Construction reads as: checks that need no data -> data -> model -> method -> run directory.
+    Nothing is written to disk before every check has passed."""
+
     def __init__(self, cfg: Config, run_dir: str | None = None):
         self.cfg = cfg
-        rt = cfg.runtime
+        self._set_up_runtime(cfg.runtime)
+        self.run_path, self.resume_state = self._preflight(run_dir)
+        # data
+        self.stream = build_stream(cfg.data)
+        self.n_tasks = self._check_against_stream()
+        # model
+        self.net = build_net(cfg.model, self.stream.n_classes).to(self.device)
+        self.precision = resolve_precision(cfg.runtime.precision, self.device)
+        # method
+        self.method = build_method(cfg, self.net, self.stream, self.device)
+        self.top = wrap_top(self.net, cfg.runtime, self.device)
+        self.method.bind_top(self.top)
+        # Augmentation, replay sampling and Gumbel noise may differ across ranks.
+        torch.manual_seed(cfg.runtime.seed + distributed.rank())
+        # run directory
+        self.ckpt_root = os.path.join(self.run_path, "checkpoints")
+        self.run = self._open_run_dir()
+        self._init_training_state()
+        self._maybe_resume()
+
+    def _set_up_runtime(self, rt) -> None:
         if rt.threads:
             torch.set_num_threads(rt.threads)
         if rt.deterministic:
@@ -115,47 +138,60 @@ class Trainer:
         check_kernel_backend(self.device)
         # Same seed on every rank: identical initial weights (DDP also broadcasts rank 0's).
         seed_everything(rt.seed)
-        # Validate everything cheap before any heavy work: names, data on disk, options, output.
-        self.stream = build_stream(cfg.data)
-        # The method's own start-up checks (e.g. a replay method without --buffer-size).
-        method_class(cfg.method.name).check_config(cfg, self.stream)
-        self.n_tasks = self._check_options()
-        self.run_path = self._run_path(run_dir)
-        self.run = RunDir(self.run_path) if self.main else None
-        self.net = build_net(cfg.model, self.stream.n_classes).to(self.device)
-        self.precision = resolve_precision(rt.precision, self.device)
-        self.method = build_method(cfg, self.net, self.stream, self.device)
-        self.top = wrap_top(self.net, rt, self.device)
-        self.method.bind_top(self.top)
-        # Augmentation, replay sampling and Gumbel noise may differ across ranks.
-        torch.manual_seed(rt.seed + distributed.rank())
-        if self.run is not None:
-            self.run.write_json("config.json", cfg.to_dict())
-            skipped = getattr(self.stream, "skipped_files", [])
-            if skipped:  # unreadable images the stream left out: on record with the run
-                self.run.write_json("skipped_files.json", skipped)
-                self.run.log({"data/skipped_files": len(skipped)}, step=0)
-        # Same shuffling generator on every rank: one permutation, dealt out by rank.
-        self.shuffle = torch.Generator().manual_seed(rt.seed)
-        self.eval_cache = PrefixCache(rt.eval_cache_mb) if rt.eval_cache_mb > 0 else None
-        self.progress = cfg.log.progress and self.main
-        self.step = 0
-        self.images = 0
-        self.flops_per_step: dict[int, int] = {}
-        self.acc_c: list[list[float]] = []
-        self.acc_t: list[list[float]] = []
-        self.train_s_total = 0.0
-        self.ckpt_root = os.path.join(self.run_path, "checkpoints")
-        self.guard = NumericsGuard(self.device, self.precision.name == "fp16", rt.max_nonfinite_steps)
-        self.stop_signal: int | None = None
-        self.timer = StepTimer()
-        self.peak = peak_flops(self.device, self.precision.name)
-        self.profiler = StepProfiler(cfg.profile, self.run_path, self.device) if cfg.profile.enabled else None
-        self.resumed: dict | None = None
-        self._maybe_resume()
 
-    def _check_options(self) -> int:
+    def _preflight(self, run_dir: str | None) -> tuple[str, tuple[dict, str] | None]:
+        """Every check that needs no data, in seconds and before anything touches the disk:
+        the stream and method names, the sources (names resolve in timm, weight files exist),
+        the output directory, and the resume target (its checkpoint is loaded and verified
+        here). Returns the run directory and the checkpoint to resume from (state, folder)."""
+        cfg = self.cfg
+        check_stream_name(cfg.data.stream)
+        method_class(cfg.method.name)
+        check_sources(cfg.model)
+        self.resume_mode = self._resume_mode()
+        run_path = self._run_path(run_dir)
+        check_writable(run_path)
+        earlier = holds_a_run(run_path)
+        if earlier and self.resume_mode == "none":
+            raise UserError(
+                f"{run_path} already holds a run ({', '.join(earlier)}); nothing of it is "
+                f"overwritten unless you resume it: add --resume auto to continue it, or choose "
+                f"another --run-name (without --run-name every run gets a new directory)")
+        state = self._find_checkpoint(run_path)
+        # No rank creates the run directory before every rank has passed these checks.
+        distributed.barrier()
+        return run_path, state
+
+    def _resume_mode(self) -> str:
+        """'none', 'auto' or 'path' (a run directory or a named checkpoint folder)."""
+        resume = self.cfg.runtime.resume
+        if resume == "none" and int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0:
+            log.info("torchrun restart detected: resuming from the newest checkpoint")
+            return "auto"  # torchrun restarted the job after a failure: continue, don't restart
+        return resume if resume in ("none", "auto") else "path"
+
+    def _find_checkpoint(self, run_path: str) -> tuple[dict, str] | None:
+        """The checkpoint to resume from: exactly the named one for ``--resume RUN/checkpoints/
+        step-N``, else the newest valid one of the run (older ones when newer are unusable)."""
+        resume, mode = self.cfg.runtime.resume, self.resume_mode
+        if mode == "none":
+            return None
+        rank, world = distributed.rank(), distributed.world_size()
+        if mode == "path" and ckpt.is_checkpoint_folder(resume):
+            return ckpt.load_named(os.path.abspath(resume), rank, world)
+        root = os.path.join(resume if mode == "path" else run_path, "checkpoints")
+        found = ckpt.load_latest(root, rank, world)
+        if found is None and mode == "path":
+            raise UserError(f"--resume {resume!r}: no valid checkpoint under {root}")
+        if found is None:
+            log.info("no checkpoint in %s: starting from scratch", run_path)
+        return found
+
+    def _check_against_stream(self) -> int:
+        """Checks that need the stream: the method's own (e.g. a replay method without
+        --buffer-size) and the options that depend on the stream's tasks and setting."""
         cfg, stream = self.cfg, self.stream
+        method_class(cfg.method.name).check_config(cfg, stream)
         if cfg.log.metrics == "class-il,task-il" and stream.setting == "domain-il":
             raise ConfigError(
                 f"--metrics class-il,task-il: {stream.name} is a domain-IL stream (every task has "
@@ -168,22 +204,71 @@ class Trainer:
             raise ConfigError(f"--profile-task {cfg.profile.task}: this run trains {n} task(s)")
         return n
 
+    def _open_run_dir(self) -> RunDir | None:
+        """Create the run directory (rank 0), clean up what a killed writer left there, and write
+        the resolved config and the data scan's record."""
+        if not self.main:
+            return None
+        run = RunDir(self.run_path)
+        ckpt.clean_stale(self.ckpt_root)
+        try:
+            run.write_json("config.json", self.cfg.to_dict())
+            skipped = getattr(self.stream, "skipped_files", [])
+            if skipped:  # unreadable images the stream left out: on record with the run
+                run.write_json("skipped_files.json", skipped)
+                run.log({"data/skipped_files": len(skipped)}, step=0)
+        except WriteError as e:
+            run.close()
+            raise WriteError(f"{e}. {self.resume_hint()}") from e
+        return run
+
+    def _init_training_state(self) -> None:
+        cfg, rt = self.cfg, self.cfg.runtime
+        # Same shuffling generator on every rank: one permutation, dealt out by rank.
+        self.shuffle = torch.Generator().manual_seed(rt.seed)
+        self.eval_cache = PrefixCache(rt.eval_cache_mb) if rt.eval_cache_mb > 0 else None
+        self.progress = cfg.log.progress and self.main
+        self.step = 0
+        self.images = 0
+        self.flops_per_step: dict[int, int] = {}
+        self.acc_c: list[list[float]] = []
+        self.acc_t: list[list[float]] = []
+        self.train_s_total = 0.0
+        self.guard = NumericsGuard(self.device, self.precision.name == "fp16", rt.max_nonfinite_steps,
+                                   self.precision.name)
+        self.stop_signal: int | None = None
+        self.timer = StepTimer()
+        self.peak = peak_flops(self.device, self.precision.name)
+        self.profiler = StepProfiler(cfg.profile, self.run_path, self.device) if cfg.profile.enabled else None
+        self.resumed: dict | None = None
+        # After a resume, the first checkpoint this run writes removes the newer ones it did not
+        # write (see checkpoint.discard_after); None: nothing to discard.
+        self.discard_after: int | None = None
+
     def _run_path(self, run_dir: str | None) -> str:
         cfg = self.cfg
         resume = cfg.runtime.resume
         if run_dir:
             return run_dir
-        if resume not in ("none", "auto"):
+        if self.resume_mode == "path":
             if not os.path.exists(resume):
                 raise UserError(f"--resume {resume!r}: no such checkpoint folder or run directory")
-            # a checkpoint folder lives in <run>/checkpoints/step-N
+            if not os.path.isdir(resume):
+                raise UserError(f"--resume {resume!r}: not a folder; give a run directory or a "
+                                f"checkpoint folder (<run>/checkpoints/step-N)")
             path = os.path.abspath(resume)
-            return os.path.dirname(os.path.dirname(path)) if os.path.basename(
-                os.path.dirname(path)) == "checkpoints" else path
+            # a checkpoint folder lives in <run>/checkpoints/step-N
+            return os.path.dirname(os.path.dirname(path)) if ckpt.is_checkpoint_folder(path) else path
         if resume == "auto" and not cfg.log.run_name:
             raise ConfigError("--resume auto needs --run-name (the run directory to resume in)")
-        name = cfg.log.run_name or f"{stream_label(cfg.data.stream)}-{cfg.method.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-        if distributed.world_size() > 1 and not cfg.log.run_name:
+        if cfg.log.run_name:
+            return os.path.join(cfg.log.out_dir, cfg.log.run_name)
+        name = f"{stream_label(cfg.data.stream)}-{cfg.method.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        base, n = name, 1
+        while os.path.exists(os.path.join(cfg.log.out_dir, name)):  # a run started this second
+            n += 1
+            name = f"{base}-{n}"
+        if distributed.world_size() > 1:
             # ranks may disagree on the clock's second: take rank 0's name
             name = distributed.gather_objects(name)[0]
         return os.path.join(cfg.log.out_dir, name)
@@ -200,8 +285,11 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self, position: dict, opt=None, scaler=None) -> str:
-        """All ranks call this together; returns the checkpoint folder."""
-        self.guard.check(" (found before writing a checkpoint)")
+        """All ranks call this together; returns the checkpoint folder. Written only from a
+        finite model: a non-finite loss, gradient, parameter or optimizer state stops the run
+        first, so the newest checkpoint on disk is always a good one."""
+        self.guard.check(" (found before writing a checkpoint)", self.newest_checkpoint)
+        self._check_finite_state(opt)
         state = {
             "version": 1,
             "step": self.step,
@@ -219,7 +307,22 @@ class Trainer:
             "code_revision": ckpt.code_revision(),
             "world_size": distributed.world_size(),
         }
-        folder = ckpt.save_rank_state(self.ckpt_root, self.step, distributed.rank(), state)
+        if self.main and self.discard_after is not None:
+            # The first checkpoint since resuming from an older one: the newer ones belong to the
+            # abandoned history (kept until now, so a failed resume could still reach them).
+            for folder in ckpt.discard_after(self.ckpt_root, self.discard_after):
+                log.info("removed %s: newer than the checkpoint this run resumed from", folder)
+        if self.main and os.path.isdir(ckpt.step_folder(self.ckpt_root, self.step)):
+            # This step was checkpointed already (a task ending on a --checkpoint-every step):
+            # the folder is rewritten, so it must not look complete while half old, half new.
+            ckpt.remove_checkpoint(ckpt.step_folder(self.ckpt_root, self.step))
+        self.discard_after = None
+        distributed.barrier()
+        try:
+            folder = ckpt.save_rank_state(self.ckpt_root, self.step, distributed.rank(), state)
+        except WriteError:
+            ckpt.remove_checkpoint(ckpt.step_folder(self.ckpt_root, self.step))
+            raise
         distributed.barrier()
         if self.main:
             ckpt.mark_complete(folder, distributed.world_size())
@@ -228,20 +331,44 @@ class Trainer:
         distributed.barrier()
         return folder
 
+    def _check_finite_state(self, opt) -> None:
+        """Raise :class:`NonFiniteError` naming the first non-finite trainable tensor, the
+        method's own state or optimizer state. Checked on the device with one host sync."""
+        names = {id(p): n for n, p in self.net.named_parameters()}
+        params = self.method.parameters()
+        tensors = {f"parameter {n}": p for n, p in self.net.named_parameters() if p.requires_grad}
+        tensors.update({f"buffer {n}": b for n, b in self.net.named_buffers()})
+        tensors.update(_named_tensors(self.method.state_dict(), f"{self.method.name} state"))
+        for i, p in enumerate(params):
+            for key, value in (opt.state.get(p, {}) if opt is not None else {}).items():
+                if torch.is_tensor(value):
+                    tensors[f"optimizer state {key} of {names.get(id(p), f'parameter {i}')}"] = value
+        bad = first_nonfinite(tensors)
+        if bad is not None:
+            raise NonFiniteError(
+                f"{bad} is not finite after step {self.step}, so its checkpoint was not written; "
+                f"{self.newest_checkpoint()}. "
+                f"{self.guard.advice()}")
+
+    def newest_checkpoint(self) -> str:
+        """What a user resuming now would get, as a sentence fragment."""
+        steps = ckpt.complete_steps(self.ckpt_root)
+        if not steps:
+            return "no checkpoint has been written yet"
+        return f"the newest checkpoint, {ckpt.step_folder(self.ckpt_root, steps[-1])}, predates it"
+
+    def resume_hint(self) -> str:
+        if not ckpt.complete_steps(self.ckpt_root):
+            return (f"No checkpoint was written yet: free some space, remove {self.run_path} and "
+                    f"start the run again")
+        return (f"The newest checkpoint is intact: free some space and resume with the same "
+                f"command plus --resume {self.run_path}")
+
     def _maybe_resume(self) -> None:
-        resume = self.cfg.runtime.resume
-        if resume == "none" and int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0:
-            resume = "auto"  # torchrun restarted the job after a failure: continue, don't restart
-            log.info("torchrun restart detected: resuming from the newest checkpoint")
-        if resume == "none":
+        if self.resume_state is None:
             return
-        found = ckpt.load_latest(self.ckpt_root, distributed.rank(), distributed.world_size())
-        if found is None:
-            if resume != "auto":
-                raise UserError(f"--resume {resume!r}: no valid checkpoint under {self.ckpt_root}")
-            log.info("no checkpoint in %s: starting from scratch", self.run_path)
-            return
-        state, folder = found
+        state, folder = self.resume_state
+        self.resume_state = None
         if state["frozen_fingerprint"] != frozen_fingerprint(self.net):
             raise UserError(f"checkpoint {folder} was written with different frozen source weights "
                             f"(other --sources, --pretrained or --seed); resume with the original flags")
@@ -254,8 +381,20 @@ class Trainer:
         self.train_s_total = state["metrics"]["train_s"]
         self.flops_per_step = state["flops_per_step"]
         self.resumed = state
+        self.discard_after = self.step
         log.info("resumed from %s (task %d, epoch %d, batch %d)", folder,
                  state["position"]["task"] + 1, state["position"]["epoch"] + 1, state["position"]["batch"])
+        if self.run is not None:
+            dropped = self.run.drop_records_after(self.step)
+            if dropped:
+                log.info("moved %d metrics records of steps after %d to metrics-abandoned.jsonl",
+                         dropped, self.step)
+            # results.json may describe the abandoned history: rewrite it from the checkpoint
+            # (or remove it when the checkpoint predates the first task's end).
+            if self.acc_c:
+                self.run.write_json("results.json", self._results(self.train_s_total))
+            elif os.path.exists(self.run.file("results.json")):
+                os.remove(self.run.file("results.json"))
         self.log({"checkpoint/resumed_from": folder, "checkpoint/code_revision": state["code_revision"]})
 
     # ------------------------------------------------------------------ signals
@@ -298,7 +437,7 @@ class Trainer:
             bar.close()
         if self.profiler is not None:
             self.profiler.close()
-        self.guard.check(" (found at the end of the task)")
+        self.guard.check(" (found at the end of the task)", self.newest_checkpoint)
         self.method.end_task(t)
 
     def batches(self, t: int):
@@ -349,7 +488,7 @@ class Trainer:
         """Logging on log steps; a checkpoint every --checkpoint-every steps or on a signal."""
         log_step = self.step % self.cfg.log.log_every == 0
         if log_step:
-            self.guard.check()
+            self.guard.check("", self.newest_checkpoint)
             self._log_step(out, cursor.task, cursor.epoch)
             self.timer.reset()
         every = self.cfg.runtime.checkpoint_every
@@ -423,7 +562,6 @@ class Trainer:
 
     # ------------------------------------------------------------------ main loop
     def fit(self) -> dict:
-        cfg = self.cfg
         t_start = time.perf_counter() - self.train_s_total
         if self.run is not None:
             log.info("run directory: %s", self.run.path)
@@ -432,31 +570,41 @@ class Trainer:
             self.resumed = None
         handlers = _install_signal_handlers(self._on_signal)
         try:
-            for t in range(first_task, self.n_tasks):
-                t0 = time.perf_counter()
-                self.train_task(t)
-                distributed.broadcast_buffers_(self.net)
-                train_s = time.perf_counter() - t0
-                self.train_s_total += train_s
-                self._evaluate(t, train_s)
-                folder = self.save_checkpoint({"task": t + 1, "epoch": 0, "batch": 0})
-                if self.run is not None:  # after every task: nothing lost on a crash
-                    self.run.write_json("results.json", self._results(time.perf_counter() - t_start))
-                if self._should_stop(True):
-                    raise Interrupted(self.stop_signal or signal.SIGTERM, folder, self.run_path)
+            self._train_tasks(first_task, t_start)
+        except WriteError as e:
+            raise WriteError(f"{e}. {self.resume_hint()}") from e
         finally:
             _restore_signal_handlers(handlers)
         results = self._results(time.perf_counter() - t_start)
         results["complete"] = True
         results["weights_sha256"] = self.weights_hash()
         if self.run is not None:
-            self.run.write_json("results.json", results)
-            matrices = {"class-IL": self.acc_c}
-            if self.report_task_il:
-                matrices["task-IL"] = self.acc_t
-            self.run.save_heatmaps(matrices)
-            self.run.close()
+            try:
+                self.run.write_json("results.json", results)
+                matrices = {"class-IL": self.acc_c}
+                if self.report_task_il:
+                    matrices["task-IL"] = self.acc_t
+                self.run.save_heatmaps(matrices)
+            except WriteError as e:
+                raise WriteError(f"{e}. Training finished. {self.resume_hint()}") from e
+            finally:
+                self.run.close()
         return results
+
+    def _train_tasks(self, first_task: int, t_start: float) -> None:
+        """Train, evaluate and checkpoint every task from ``first_task`` on."""
+        for t in range(first_task, self.n_tasks):
+            t0 = time.perf_counter()
+            self.train_task(t)
+            distributed.broadcast_buffers_(self.net)
+            train_s = time.perf_counter() - t0
+            self.train_s_total += train_s
+            self._evaluate(t, train_s)
+            folder = self.save_checkpoint({"task": t + 1, "epoch": 0, "batch": 0})
+            if self.run is not None:  # after every task: nothing lost on a crash
+                self.run.write_json("results.json", self._results(time.perf_counter() - t_start))
+            if self._should_stop(True):
+                raise Interrupted(self.stop_signal or signal.SIGTERM, folder, self.run_path)
 
     @property
     def report_task_il(self) -> bool:
@@ -505,6 +653,17 @@ class Trainer:
             "precision": self.precision.name,
         })
         return res
+
+
+def _named_tensors(obj, prefix: str) -> dict[str, torch.Tensor]:
+    """Every tensor inside nested dicts / lists, named by its path."""
+    if torch.is_tensor(obj):
+        return {prefix: obj}
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (list, tuple)) else ()
+    out = {}
+    for k, v in items:
+        out.update(_named_tensors(v, f"{prefix}.{k}"))
+    return out
 
 
 def _install_signal_handlers(handler) -> dict:

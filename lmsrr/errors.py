@@ -16,3 +16,6 @@ class DataNotFoundError(UserError, FileNotFoundError):
 class DataError(DataNotFoundError):
     """A dataset file exists but its content is unusable (unreadable, malformed or inconsistent):
     the usable dataset is not there, so callers that catch DataNotFoundError catch this too."""
+class WriteError(Exception):
+    """Writing a run's files failed (disk full, quota, I/O error). Not the user's input: the CLI
+    prints the message, which says what is intact and how to resume, and exits with status 1."""

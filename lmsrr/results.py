@@ -9,6 +9,7 @@
 """
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -17,6 +18,7 @@ import time
 import numpy as np
 
 from lmsrr.errors import UserError
+from lmsrr.storage import atomic_write_bytes, remove_stale_temporaries, write_error
 from lmsrr.metrics import as_matrix
 
 
@@ -26,6 +28,31 @@ def _jsonable(v):
     if isinstance(v, float) and not math.isfinite(v):
         return None
     return v
+
+
+# What makes a folder an earlier run's directory (an empty folder is free to use).
+RUN_FILES = ("config.json", "metrics.jsonl", "results.json", "checkpoints")
+
+
+def check_writable(path: str) -> None:
+    """Raise :class:`UserError` unless the run directory ``path`` can be created (or written, if it
+    exists), without creating anything: the first folder on the way that exists must be a
+    writable folder."""
+    folder = os.path.abspath(path)
+    while not os.path.exists(folder):
+        folder = os.path.dirname(folder)
+    if not os.path.isdir(folder):
+        reason = "a file is in the way" if folder != os.path.abspath(path) else "it is a file"
+        raise UserError(f"cannot write the results directory {path!r} ({folder} is not a folder: "
+                        f"{reason}); choose another with --out-dir")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write the results directory {path!r} ({folder} is not writable); "
+                        f"choose another with --out-dir")
+
+
+def holds_a_run(path: str) -> list[str]:
+    """The files of an earlier run in ``path`` (empty when there are none)."""
+    return [name for name in RUN_FILES if os.path.exists(os.path.join(path, name))]
 
 
 class RunDir:
@@ -40,7 +67,9 @@ class RunDir:
         except OSError as e:
             raise UserError(f"cannot write the results directory {path!r} ({e.strerror}); "
                             f"choose another with --out-dir") from e
-        self._metrics = open(os.path.join(path, "metrics.jsonl"), "a", buffering=1)
+        # A killed run's half-written files: no writer of this run is active yet.
+        remove_stale_temporaries(path, depth=0)
+        self._metrics = open(self.file("metrics.jsonl"), "a", buffering=1)
         self._tb = None
         try:
             from torch.utils.tensorboard import SummaryWriter
@@ -53,19 +82,43 @@ class RunDir:
         return os.path.join(self.path, name)
 
     def write_json(self, name: str, obj) -> None:
-        tmp = self.file(name + ".tmp")
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=2, default=_jsonable)
-        os.replace(tmp, self.file(name))  # never leave a half-written file behind
+        data = json.dumps(obj, indent=2, default=_jsonable).encode()
+        atomic_write_bytes(self.file(name), data, name)  # never a half-written file
 
     def log(self, record: dict, step: int | None = None) -> None:
         rec = {k: _jsonable(v) for k, v in record.items()}
+        if step is not None:
+            rec.setdefault("step", step)  # every record knows its step: see drop_records_after
         rec["time"] = time.time()
-        self._metrics.write(json.dumps(rec) + "\n")
+        line = json.dumps(rec) + "\n"
+        try:
+            self._metrics.write(line)
+        except OSError as e:
+            raise write_error("a metrics record", self.file("metrics.jsonl"), len(line), e) from e
         if self._tb is not None and step is not None:
             for k, v in rec.items():
                 if isinstance(v, (int, float)) and "/" in k:
                     self._tb.add_scalar(k, v, step)
+
+    def drop_records_after(self, step: int) -> int:
+        """Move the metrics records of steps after ``step`` (a history the run was rolled back
+        from: resumed from an older checkpoint) to ``metrics-abandoned.jsonl``, so metrics.jsonl
+        never holds a step twice. Returns how many moved."""
+        keep, drop = [], []
+        with open(self.file("metrics.jsonl")) as f:
+            for line in f:
+                try:
+                    rec_step = json.loads(line).get("step", 0)
+                except (json.JSONDecodeError, AttributeError):
+                    rec_step = step + 1  # a torn last line from a killed writer
+                (drop if isinstance(rec_step, int) and rec_step > step else keep).append(line)
+        if drop:
+            self._metrics.close()
+            with open(self.file("metrics-abandoned.jsonl"), "a") as f:
+                f.writelines(drop)
+            atomic_write_bytes(self.file("metrics.jsonl"), "".join(keep).encode(), "metrics.jsonl")
+            self._metrics = open(self.file("metrics.jsonl"), "a", buffering=1)
+        return len(drop)
 
     def close(self) -> None:
         self._metrics.close()
@@ -94,8 +147,10 @@ class RunDir:
             ax.set_yticks(range(t), [str(k + 1) for k in range(t)])
             fig.colorbar(im, ax=ax, fraction=0.046, label="accuracy (%)")
         fig.tight_layout()
-        fig.savefig(self.file(name), dpi=120)
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=120)
         plt.close(fig)
+        atomic_write_bytes(self.file(name), buf.getvalue(), name)
 
 
 def format_summary(results: dict) -> str:

@@ -1,5 +1,5 @@
 """Continual streams: a registry of datasets split into tasks, torch and DALI loaders, augmentation."""
-from lmsrr.data.registry import available_streams, build_stream, register_dataset
+from lmsrr.data.registry import available_streams, build_stream, check_stream_name, register_dataset
 from lmsrr.data.splits import TaskData
 from lmsrr.data.stream import ContinualStream
 
@@ -11,4 +11,5 @@ from lmsrr.data import folder as _folder  # noqa: E402,F401
 from lmsrr.data import mnist as _mnist  # noqa: E402,F401
 from lmsrr.data import tinyimagenet as _tinyimagenet  # noqa: E402,F401
 
-__all__ = ["ContinualStream", "TaskData", "available_streams", "build_stream", "register_dataset"]
+__all__ = ["ContinualStream", "TaskData", "available_streams", "build_stream", "check_stream_name",
+           "register_dataset"]

@@ -49,13 +49,19 @@ def stream_label(stream: str) -> str:
     return f"{kind}-{''.join(c if c.isalnum() or c in '-_.' else '_' for c in base)}"
 
 
-def build_stream(data_cfg):
-    """Build the stream named by ``data_cfg.stream`` (a :class:`ContinualStream`)."""
-    name, path = split_stream_name(data_cfg.stream)
+def check_stream_name(stream: str) -> None:
+    """Raise :class:`ConfigError` (with the closest name) unless ``stream`` names a registered
+    stream (with a path exactly for the streams read from a folder)."""
+    name, path = split_stream_name(stream)
     if name not in _BUILDERS or (name in _TAKES_PATH) != (path is not None):
         close = difflib.get_close_matches(name, _BUILDERS, n=1)
         hint = f" (did you mean {close[0] + ':PATH' if close[0] in _TAKES_PATH else close[0]!r}?)" if close else ""
         raise ConfigError(
-            f"unknown stream {data_cfg.stream!r}{hint}; available: {', '.join(available_streams())}"
+            f"unknown stream {stream!r}{hint}; available: {', '.join(available_streams())}"
         )
-    return _BUILDERS[name](data_cfg)
+
+
+def build_stream(data_cfg):
+    """Build the stream named by ``data_cfg.stream`` (a :class:`ContinualStream`)."""
+    check_stream_name(data_cfg.stream)
+    return _BUILDERS[split_stream_name(data_cfg.stream)[0]](data_cfg)

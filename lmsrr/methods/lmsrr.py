@@ -38,6 +38,8 @@ class LMSRROptions:
         check(self.alpha >= 0, f"alpha must be >= 0, got {self.alpha}")
         check(self.beta >= 0, f"beta must be >= 0, got {self.beta}")
         check(self.tau > 0, f"tau must be > 0, got {self.tau}")
+        # (theta + g) / tau must stay finite in float32 for the softmax over the two logits.
+        check(1e-4 <= self.tau <= 1e4, f"tau must be in [1e-4, 1e4], got {self.tau}")
 
 
 @register_method("lmsrr")

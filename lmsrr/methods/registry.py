@@ -11,6 +11,7 @@ import dataclasses
 import difflib
 
 from lmsrr.errors import ConfigError
+from lmsrr.fields import flag_of, key_of
 
 _METHODS: dict[str, type] = {}
 
@@ -20,6 +21,8 @@ def register_method(name: str):
         if name in _METHODS:
             raise ValueError(f"method {name!r} is registered twice")
         cls.name = name
+        if "Options" in vars(cls):  # its messages and flags then name it: der_alpha, --der-alpha
+            cls.Options.option_prefix = name
         _METHODS[name] = cls
         return cls
 
@@ -40,12 +43,12 @@ def method_class(name: str) -> type:
 
 def option_flag(method: str, f: dataclasses.Field) -> str:
     """The flag of one field of a method's options: its own, or ``--<method>-<field>``."""
-    return f.metadata.get("flag") or f"--{method}-{f.name.replace('_', '-')}"
+    return flag_of(f, method)
 
 
 def option_key(method: str, f: dataclasses.Field) -> str:
     """The field's name in the flat ``method`` group of config files (``der_alpha``)."""
-    return option_flag(method, f)[2:].replace("-", "_")
+    return key_of(f, method)
 
 
 def method_option_fields() -> dict[str, tuple[str, dataclasses.Field]]:

@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import os
 
 import torch
 import torch.nn as nn
 
-from lmsrr.errors import ConfigError
-
+from lmsrr.errors import ConfigError, UserError
 from lmsrr.models.msidf import MSIDF
-from lmsrr.models.source import Source, parse_sources
+from lmsrr.models.source import Source, check_model_name, parse_sources
 from lmsrr.pretrain.builtin import builtin_weight_files
 
 Hiddens = list[list[torch.Tensor]]  # [source][level]
@@ -112,6 +112,18 @@ def build_net(model_cfg, n_classes: int) -> LMSRRNet:
     sources = [Source(spec, k, w) for spec, k, w in zip(specs, model_cfg.trainable_blocks_per_source, weights)]
     return LMSRRNet(sources, n_classes, model_cfg.kernel_sizes, model_cfg.msidf,
                     model_cfg.fusion_dim)
+
+
+def check_sources(model_cfg) -> None:
+    """What can be checked of the sources without building them: the spec parses, every name is
+    a timm model, and --pretrained names one existing weights file or folder per source (or
+    built-in weights that exist for them)."""
+    specs = parse_sources(model_cfg.sources)
+    for spec in specs:
+        check_model_name(spec.name)
+    for spec, weights in zip(specs, _weights_per_source(model_cfg.pretrained, specs)):
+        if weights not in ("none", "hub") and not os.path.exists(weights):
+            raise UserError(f"source {spec.name}: weight file {weights!r} does not exist")
 
 
 def _weights_per_source(pretrained: str, specs) -> list[str]:
