@@ -20,10 +20,14 @@ setup(
         "tqdm",
     ],
     extras_require={
-        "dev": ["pytest", "pytest-benchmark"],
+        # submitit: the test of lmsrr-compare's SLURM path (through submitit's local executor).
+        "dev": ["pytest", "pytest-benchmark", "submitit"],
         "tensorboard": ["tensorboard"],
         # NVIDIA DALI input pipelines (--loader dali; picked by --loader auto when installed).
         "dali": ["nvidia-dali-cuda130"],
+        # lmsrr-compare --launcher slurm (job arrays through submitit) and --launcher ray.
+        "slurm": ["submitit"],
+        "ray": ["ray"],
     },
     entry_points={"console_scripts": ["lmsrr-train=lmsrr.cli:main", "lmsrr-compare=lmsrr.compare:main"]},
 )

@@ -3,18 +3,20 @@
 Every method runs through :class:`lmsrr.engine.Trainer` with the same configuration (seed,
 sources, stream, loaders, precision, epochs, batch size, ...) except ``--method``, so they differ
 only in the method; with ``--seeds a,b,c`` every method runs once per seed and the report gives
-mean ± sample standard deviation. Each run keeps its own run directory (``<out>/<method>/``, or
-``<out>/<method>-seed<N>/``); the comparison writes, next to them:
+mean ± sample standard deviation; with ``--grid`` (:mod:`lmsrr.grid`) all of that runs once per
+grid setting. Each run keeps its own run directory (``<out>/[<setting>/]<method>[-seed<N>]/``);
+the comparison writes, next to them:
 
-    comparison.md    a Markdown table, best mean final class-IL accuracy first
+    comparison.md    a Markdown table, best mean final class-IL accuracy first (per setting)
     comparison.csv   the same numbers and more (standard deviations, per-seed accuracy, per-task
                      curves, task-IL forgetting and BWT, run paths)
     comparison.png   average class-IL accuracy after each task, one line per method (a band of
                      one standard deviation with several seeds)
 
-The report is rewritten after every run, so a long comparison loses nothing finished; the
-same command with ``--resume auto`` continues an interrupted one (each method's run directory
-keeps its checkpoints; finished methods resume at their end).
+Runs execute where ``--launcher`` says (:mod:`lmsrr.launchers`: in this process, as local
+processes, as a SLURM job array, as Ray tasks). The report is gathered from the run directories
+and rewritten as each run ends, so a long comparison loses nothing finished; the same command
+again skips the finished runs and resumes the interrupted ones from their checkpoints.
 """
 from __future__ import annotations
 
