@@ -387,7 +387,7 @@ def gather_rows(runs: list[PlannedRun], outcomes: dict[str, dict]) -> list[dict]
 def run_comparison(cfg, methods: list[str], out: str, command: str = "",
                    seeds: list[int] | None = None, launcher=None,
                    settings: list[tuple[Setting, object]] | None = None, resume: str = "auto",
-                   threads: int | None = None) -> tuple[list[dict], int | None]:
+                   threads: int | None = None) -> tuple[list[dict], int | None, list[str]]:
     """Train every method in ``methods`` once per seed in every grid setting (default: ``cfg``
     alone) through ``launcher`` (default: inline); rewrite the report under ``out`` as runs
     finish; return the rows and the signal that stopped the launch early (or None). Runs
@@ -436,7 +436,9 @@ def run_comparison(cfg, methods: list[str], out: str, command: str = "",
     rows = gather_rows(runs, outcomes)
     if distributed.is_main() and rows:
         write_report(rows, out, header, title)  # also when every run had finished before
-    return rows, stopped
+    unfinished = [r.title for r in todo if finished_results(r) is None
+                  and outcomes.get(r.run_dir, {}).get("status") not in ("diverged", "error")]
+    return rows, stopped, unfinished
 
 
 # ---------------------------------------------------------------------- command line
@@ -550,9 +552,9 @@ def make_launcher(args, out: str, given: dict):
     if args.launcher == "local":
         gpus = visible_gpus() if given.get("runtime.device", "auto") != "cpu" else []
         jobs = args.jobs or max(1, len(gpus))
-        # Without GPUs the cores are divided between the runs: N runs of all cores each would
-        # spin against each other.
-        threads = None if (gpus or threads_given) else max(1, (os.cpu_count() or 1) // jobs)
+        # The cores are divided between the runs (with GPUs too: their input pipelines and
+        # host-side work): N runs of all cores each would spin against each other.
+        threads = None if threads_given else max(1, (os.cpu_count() or 1) // jobs)
         per_run = given.get("runtime.threads") if threads_given else threads
         return LocalLauncher(jobs, gpus, per_run or 0), threads
     gpus, cpus = args.gpus_per_run or 0, args.cpus_per_run or 0
@@ -599,7 +601,7 @@ def main(argv: list[str] | None = None, prog: str = "lmsrr-compare") -> int:
         except OSError as e:
             raise UserError(f"cannot create the comparison folder {out!r} ({e.strerror}); "
                             f"choose another with --out") from e
-        rows, stopped = run_comparison(cfg, methods, out, command=" ".join([prog] + [shlex.quote(a) for a in argv]),
+        rows, stopped, unfinished = run_comparison(cfg, methods, out, command=" ".join([prog] + [shlex.quote(a) for a in argv]),
                                        seeds=seeds, launcher=launcher, settings=settings, resume=resume,
                                        threads=threads)
         print(markdown_table(rows))
@@ -609,6 +611,10 @@ def main(argv: list[str] | None = None, prog: str = "lmsrr-compare") -> int:
                   f"the same command again skips them and resumes the others from their checkpoints",
                   file=sys.stderr)
             return 128 + stopped
+        if unfinished:
+            print(f"{prog}: error: stopped before their end: {', '.join(unfinished)}; the same command "
+                  f"again resumes them from their checkpoints", file=sys.stderr)
+            return 1
         bad = {kind: [_label(r) for r in rows if r.get("failure") == kind] for kind in ("diverged", "failed")}
         if bad["diverged"] or bad["failed"]:
             text = "; ".join(f"{kind}: {', '.join(names)}" for kind, names in bad.items() if names)

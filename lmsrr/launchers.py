@@ -179,8 +179,9 @@ class SlurmLauncher:
         ex = submitit.AutoExecutor(folder=os.path.join(self.folder, "%j"), cluster=self.cluster)
         params = dict(name="lmsrr-compare", timeout_min=self.time_min, nodes=self.nodes,
                       # one task per GPU: each is a DDP rank (one task when the run has no GPU)
-                      tasks_per_node=max(1, self.gpus), gpus_per_node=self.gpus,
-                      slurm_array_parallelism=self.parallelism)
+                      tasks_per_node=max(1, self.gpus), slurm_array_parallelism=self.parallelism)
+        if self.gpus:  # a CPU-only run asks for no GPU option at all (some sites refuse a zero)
+            params["gpus_per_node"] = self.gpus
         if self.cpus:
             params["cpus_per_task"] = self.cpus
         if self.partition:

@@ -130,7 +130,7 @@ def test_local_divides_the_cores_and_deals_out_gpus(tmp_path, monkeypatch):
     monkeypatch.setattr("lmsrr.compare.visible_gpus", lambda: ["2", "5"])
     args = build_parser().parse_args(["--launcher", "local", "--jobs", "3"])
     launcher, threads = make_launcher(args, str(tmp_path), vars(args))
-    assert threads is None and [launcher._env(i)["CUDA_VISIBLE_DEVICES"] for i in range(3)] == ["2", "5", "2"]
+    assert threads == 2 and [launcher._env(i)["CUDA_VISIBLE_DEVICES"] for i in range(3)] == ["2", "5", "2"]
     args = build_parser().parse_args(["--launcher", "local"])
     assert make_launcher(args, str(tmp_path), vars(args))[0].jobs == 2  # one per GPU
 
