@@ -23,11 +23,15 @@ setup(
         "safetensors",
     ],
     extras_require={
-        # transformers: the tests that map a Hugging Face ViT folder onto a timm source
-        "dev": ["pytest", "pytest-benchmark", "hypothesis", "transformers"],
+        # transformers: the tests that map a Hugging Face ViT folder onto a timm source;
+        # submitit: the test of lmsrr-compare's SLURM path (through submitit's local executor).
+        "dev": ["pytest", "pytest-benchmark", "hypothesis", "transformers", "submitit"],
         "tensorboard": ["tensorboard"],
         # NVIDIA DALI input pipelines (--loader dali; picked by --loader auto when installed).
         "dali": ["nvidia-dali-cuda130"],
+        # lmsrr-compare --launcher slurm (job arrays through submitit) and --launcher ray.
+        "slurm": ["submitit"],
+        "ray": ["ray"],
     },
     entry_points={"console_scripts": ["lmsrr-train=lmsrr.cli:main", "lmsrr-compare=lmsrr.compare:main",
                                       "lmsrr-eval=lmsrr.eval_cli:eval_main",

@@ -68,7 +68,8 @@ from lmsrr.engine import Trainer, make_optimizer  # noqa: E402
 from lmsrr.methods.registry import available_methods  # noqa: E402
 from lmsrr.models import build_net  # noqa: E402
 from lmsrr.released import released_loss  # noqa: E402
-from step_setup import step_config, synthetic_stream  # noqa: E402
+from step_setup import step_config  # noqa: E402
+from lmsrr.synthetic import synthetic_stream  # noqa: E402
 
 BASELINE = os.path.join(_HERE, "costs.json")
 

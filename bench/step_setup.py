@@ -11,22 +11,12 @@ import copy
 import torch
 
 from lmsrr.config import PAPER_SOURCES, Config
-from lmsrr.data.augment import Augment
-from lmsrr.data.stream import ContinualStream
 from lmsrr.methods import Batch, build_method
 from lmsrr.models import TrainableTop, build_net
 from lmsrr.released import released_loss
+from lmsrr.synthetic import synthetic_stream
 
 PROVIDERS = ("released", "eager", "compile")
-
-
-def synthetic_stream(n_classes=100, n_tasks=10, per_class=4, size=32) -> ContinualStream:
-    g = torch.Generator().manual_seed(0)
-    n = n_classes * per_class
-    x = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=g)
-    y = torch.arange(n_classes).repeat_interleave(per_class)
-    return ContinualStream("synthetic", x, y, x, y, n_tasks, n_classes // n_tasks,
-                           Augment(pad=4, flip=True))
 
 
 def step_config(gpu: bool) -> Config:

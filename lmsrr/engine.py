@@ -101,12 +101,14 @@ class Trainer:
     """Construction reads as: checks that need no data -> data -> model -> method -> run directory.
     Nothing is written to disk before every check has passed."""
 
-    def __init__(self, cfg: Config, run_dir: str | None = None):
+    def __init__(self, cfg: Config, run_dir: str | None = None, stream=None):
+        """``stream``: train on this stream instead of building the one ``cfg.data`` names
+        (benchmarks and the GPU check bring a synthetic one)."""
         self.cfg = cfg
         self._set_up_runtime(cfg.runtime)
         self.run_path, self.resume_state = self._preflight(run_dir)
         # data
-        self.stream = build_stream(cfg.data)
+        self.stream = stream if stream is not None else build_stream(cfg.data)
         self.n_tasks = self._check_against_stream()
         # model
         self.net = build_net(cfg.model, self.stream.n_classes).to(self.device)
