@@ -10,7 +10,7 @@ import json
 import logging
 import sys
 
-from lmsrr.config import PRESETS, Config
+from lmsrr.config import PRESETS, RESOLVED, Config
 from lmsrr.engine import Interrupted, run
 from lmsrr.errors import UserError
 from lmsrr.fields import flag_of, value_type
@@ -64,6 +64,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
     def merge(src: dict, origin: str):
         for group, values in src.items():
+            if group == RESOLVED:
+                continue  # what an earlier run resolved on its machine ('auto' choices): re-resolved here
             if group not in d or not isinstance(values, dict):
                 raise UserError(f"{origin}: unknown option group {group!r}")
             d[group].update(values)

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from lmsrr import checkpoint as ckpt
 from lmsrr import distributed
-from lmsrr.config import Config
+from lmsrr.config import RESOLVED, Config
 from lmsrr.data import build_stream
 from lmsrr.errors import ConfigError, UserError
 from lmsrr.evaluate import PrefixCache, evaluate_seen_tasks
@@ -32,6 +32,7 @@ from lmsrr.methods import Batch, build_method
 from lmsrr.methods.registry import method_class
 from lmsrr.metrics import summarize
 from lmsrr.models import TrainableTop, build_net
+from lmsrr.optim import resolve_update_backend
 from lmsrr.perf import StepTimer, count_flops, peak_flops, peak_memory_mb
 from lmsrr.position import StreamPosition, TaskCursor
 from lmsrr.precision import resolve_precision
@@ -45,13 +46,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def make_optimizer(params, optim_cfg) -> torch.optim.Optimizer:
-    if optim_cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=optim_cfg.lr, momentum=optim_cfg.momentum,
-                               weight_decay=optim_cfg.weight_decay)
-    return torch.optim.AdamW(params, lr=optim_cfg.lr, weight_decay=optim_cfg.weight_decay)
 
 
 def wrap_top(net, rt, device) -> torch.nn.Module:
@@ -96,7 +90,10 @@ class Trainer:
             torch.set_flush_denormal(True)
         # Same seed on every rank: identical initial weights (DDP also broadcasts rank 0's).
         seed_everything(rt.seed)
-        # Validate everything cheap before any heavy work: names, data on disk, options, output.
+        # Validate everything cheap before any heavy work: the update backend (before the data is
+        # read), names, data on disk, options, output.
+        self.update = resolve_update_backend(cfg.optim.update_backend, self.device,
+                                             method_class(cfg.method.name).gated_updates(cfg))
         self.stream = build_stream(cfg.data)
         # The method's own start-up checks (e.g. a replay method without --buffer-size).
         method_class(cfg.method.name).check_config(cfg, self.stream)
@@ -111,7 +108,8 @@ class Trainer:
         # Augmentation, replay sampling and Gumbel noise may differ across ranks.
         torch.manual_seed(rt.seed + distributed.rank())
         if self.run is not None:
-            self.run.write_json("config.json", cfg.to_dict())
+            self.run.write_json("config.json", {**cfg.to_dict(),
+                                                RESOLVED: {"update_backend": self.update.record()}})
             skipped = getattr(self.stream, "skipped_files", [])
             if skipped:  # unreadable images the stream left out: on record with the run
                 self.run.write_json("skipped_files.json", skipped)
@@ -324,11 +322,8 @@ class Trainer:
         grads = [p.grad for p in method.parameters() if p.grad is not None]
         self.guard.record(self.step + 1, batch.task, {**out.terms, "loss/total": out.loss}, grads)
         method.after_backward(batch, out)
-        if scaler is not None:
-            scaler.step(opt)  # skipped when a gradient is inf/NaN; the scale then shrinks
-            scaler.update()
-        else:
-            opt.step()
+        # under fp16 a step with an inf/NaN gradient is skipped and the scale shrinks
+        self.update.step(opt, scaler, method.update_gates())
         method.after_step(batch, out)
         images = batch.y.shape[0] * distributed.world_size()
         self.step += 1
@@ -383,7 +378,7 @@ class Trainer:
         state, self.resumed = self.resumed, None
         if state is None:
             method.begin_task(t)
-            return make_optimizer(method.parameters(), self.cfg.optim), scaler, TaskCursor(t, epochs, self.shuffle)
+            return self._optimizer(), scaler, TaskCursor(t, epochs, self.shuffle)
         pos = StreamPosition.from_dict(state["position"])
         if pos.batch == 0:
             # At a task boundary the saved method state is the previous task's final one:
@@ -395,13 +390,16 @@ class Trainer:
             # model's snapshot, ...) are in the saved state, which therefore wins.
             method.begin_task(t)
             method.load_state_dict(state["method"])
-        opt = make_optimizer(method.parameters(), self.cfg.optim)
+        opt = self._optimizer()
         if pos.batch > 0:
             opt.load_state_dict(state["optimizer"])
             if scaler is not None and state["scaler"] is not None:
                 scaler.load_state_dict(state["scaler"])
         ckpt.restore_rng(state["rng"], {"shuffle": self.shuffle})
         return opt, scaler, TaskCursor(t, epochs, self.shuffle, pos, state["rng"])
+
+    def _optimizer(self) -> torch.optim.Optimizer:
+        return self.update.build(self.method.update_groups(), self.cfg.optim)
 
     def _log_step(self, out, t, epoch) -> None:
         if self.device.type == "cuda":
@@ -498,6 +496,7 @@ class Trainer:
             "steps": self.step,
             "world_size": distributed.world_size(),
             "precision": self.precision.name,
+            "update_backend": self.update.name,
         })
         return res
 
