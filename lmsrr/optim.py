@@ -127,7 +127,7 @@ def _triton_problem() -> str | None:
     return None
 
 
-def _apex_problem() -> str | None:
+def apex_problem() -> str | None:
     """None when apex's fused optimizers can run, else why not."""
     try:
         import apex
@@ -193,7 +193,7 @@ def resolve_update_backend(requested: str, device: torch.device, gated_by: str |
         if device.type != "cuda":
             reason += " (TRITON_INTERPRET=1: Triton's CPU interpreter)"
     if name == "apex":
-        problem = _apex_problem()
+        problem = apex_problem()
         if problem:
             raise ConfigError(f"{flag}: {problem}. {APEX_HOWTO}")
         if device.type != "cuda":

@@ -8,6 +8,10 @@ The released code computes this with four forward passes (net for logits, net ag
 the whole old net, net on the buffer). This computes the same loss with one pass of the frozen
 prefixes (shared by the current and the old blocks), logits and features from one forward, and
 stream and replay inputs in a single batch when no trainable layer keeps batch statistics.
+
+With ``--aro-gate updates`` the switch's hard sample also gates the optimizer: block (s, l) is
+updated on a step iff p_{s,l} = 1 (:meth:`LMSRR.update_groups`, :meth:`LMSRR.update_gates`; the
+README gives the exact definition of the gate and its straight-through gradient).
 """
 from __future__ import annotations
 
@@ -87,14 +91,20 @@ class LMSRR(ContinualMethod):
         return "--aro-gate updates" if cfg.method.options[cls.name].aro_gate == "updates" else None
 
     def update_groups(self) -> list[list[nn.Parameter]]:
-        """One group per (source, trainable block), in the switch's order, then everything that
-        always updates: fusion, classifier, the switch itself."""
+        """Without gating, one group. With ``--aro-gate updates``: one group per (source,
+        trainable block), in the switch's order, then everything that always updates (fusion,
+        classifier, the switch). Called at every task start, after :meth:`begin_task`."""
+        net = [p for p in self.net.parameters() if p.requires_grad]
+        # The switch has a gradient only where the distillation is on (from the second task on).
+        # torch.optim skips a parameter without a gradient; the masked update would apply weight
+        # decay to it as to a zero gradient. Leaving it out of a task it cannot learn in keeps
+        # every backend's step the same.
+        switch = self.outside_parameters() if self.old_blocks is not None else []
         if not self.gated:
-            return super().update_groups()
+            return [net + switch]
         blocks = [[p for p in b.parameters() if p.requires_grad] for s in self.net.sources for b in s.blocks]
         gated = {id(p) for ps in blocks for p in ps}
-        rest = [p for p in self.parameters() if id(p) not in gated]
-        return blocks + [rest]
+        return blocks + [[p for p in net if id(p) not in gated] + switch]
 
     def update_gates(self) -> torch.Tensor | None:
         return self._gates
