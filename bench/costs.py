@@ -64,7 +64,7 @@ from cost_counters import (Counts, compile_events, counting, reset_compile_state
                            state_storages, tensor_bytes)
 from lmsrr.config import DEFAULT_SOURCES, Config  # noqa: E402
 from lmsrr.data.augment import to_float  # noqa: E402
-from lmsrr.engine import Trainer, make_optimizer  # noqa: E402
+from lmsrr.engine import Trainer  # noqa: E402
 from lmsrr.methods.registry import available_methods  # noqa: E402
 from lmsrr.models import build_net  # noqa: E402
 from lmsrr.released import released_loss  # noqa: E402
@@ -207,7 +207,7 @@ class Run:
         self.net.train()
         with self.inside():
             self.method.begin_task(t)
-            self.opt = make_optimizer(self.method.parameters(), self.cfg.optim)
+            self.opt = self.trainer.new_optimizer()
         self.scaler = self.trainer.precision.scaler(self.device)
         self.batches = self.trainer.batches(t)
 
@@ -263,7 +263,7 @@ def count_released(run: Run, task: int, old_net) -> dict:
     net.train()
     batch = run.next_batch()
     with run.inside():
-        opt = make_optimizer(method.parameters(), run.cfg.optim)
+        opt = run.trainer.update.build([method.parameters()], run.cfg.optim)
     with run.inside(), counting(state_storages(*run.state(), old_net), fake=run.fake) as c:
         buf_x, _, buf_logits, _ = method.buffer.sample(method.replay_batch)
         noise = method.switch.sample_noise()

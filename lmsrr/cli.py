@@ -10,7 +10,7 @@ import json
 import logging
 import sys
 
-from lmsrr.config import PRESETS, Config
+from lmsrr.config import PRESETS, RESOLVED, Config
 from lmsrr.engine import Interrupted, run
 from lmsrr.errors import UserError, WriteError
 from lmsrr.fields import flag_of, value_type
@@ -75,6 +75,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
             raise UserError(f"{origin}: expected a JSON object of option groups, e.g. "
                             f'{{"optim": {{"lr": 0.1}}}}, got {_json_kind(src)}')
         for group, values in src.items():
+            if group == RESOLVED:
+                continue  # what an earlier run resolved on its machine ('auto' choices): re-resolved here
             if group not in d:
                 raise UserError(f"{origin}: unknown option group {group!r}; the groups are "
                                 f"{', '.join(d)}")

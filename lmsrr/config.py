@@ -25,6 +25,7 @@ from lmsrr.fields import option as _f
 from lmsrr.fields import validate
 from lmsrr.methods.registry import available_methods, default_options, method_class, method_option_fields
 from lmsrr.models.spec import parse_sources
+from lmsrr.optim import UPDATE_BACKENDS
 
 # Two small, heterogeneous, randomly initialised timm sources sized for 8x8 digits (upsampled):
 # a 4-block ViT on 16x16 inputs and a 4-stage ConvNeXt on 32x32 inputs.
@@ -223,6 +224,12 @@ class OptimConfig:
     momentum: float = _f(0.0, "SGD momentum")
     weight_decay: float = _f(0.0, "weight decay")
     epochs: int = _f(15, "epochs per task")
+    update_backend: str = _f(
+        "auto", "how the optimizer step runs: 'torch' (torch.optim; the PyTorch masked update when "
+        "a method gates updates per step, e.g. --aro-gate updates), 'fused' (torch.optim with "
+        "fused=True), 'triton' (the masked Triton update: one launch for all trainable parameters), "
+        "'apex' (NVIDIA apex's FusedSGD / FusedAdam, when installed with its CUDA extensions), or "
+        "'auto' (triton on CUDA, torch elsewhere)", choices=UPDATE_BACKENDS)
 
     def __post_init__(self):
         validate(self)
@@ -322,6 +329,11 @@ class ProfileConfig:
         _check(self.wait >= 0 and self.warmup >= 0, "profile wait and warmup must be >= 0")
         _check(self.active >= 1, f"profile active must be >= 1, got {self.active}")
         _check(self.top >= 1, f"profile top must be >= 1, got {self.top}")
+
+
+# config.json's record of choices resolved at start-up on the machine that ran (e.g. what
+# --update-backend auto became); not an option group: --config skips it and resolves again.
+RESOLVED = "resolved"
 
 
 @dataclass

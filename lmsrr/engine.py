@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 import kernels.dispatch
 from lmsrr import checkpoint as ckpt
 from lmsrr import distributed
-from lmsrr.config import Config
+from lmsrr.config import RESOLVED, Config
 from lmsrr.data import build_stream, check_stream_name
 from lmsrr.data.registry import stream_label
 from lmsrr.errors import ConfigError, UserError, WriteError
@@ -33,6 +33,7 @@ from lmsrr.methods import Batch, build_method
 from lmsrr.methods.registry import method_class
 from lmsrr.metrics import summarize
 from lmsrr.models import TrainableTop, build_net, check_sources, frozen_fingerprint, trainable_state
+from lmsrr.optim import resolve_update_backend
 from lmsrr.perf import StepTimer, count_flops, peak_flops, peak_memory_mb
 from lmsrr.position import StreamPosition, TaskCursor
 from lmsrr.precision import resolve_precision
@@ -63,13 +64,6 @@ def check_kernel_backend(device: torch.device) -> None:
         raise ConfigError(f"LMSRR_KERNEL_BACKEND=triton runs Triton kernels, which need CUDA tensors "
                           f"(this run is on {device.type}); unset it or use 'auto', or set "
                           f"TRITON_INTERPRET=1 to run them in Triton's interpreter (slow, for tests)")
-
-
-def make_optimizer(params, optim_cfg) -> torch.optim.Optimizer:
-    if optim_cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=optim_cfg.lr, momentum=optim_cfg.momentum,
-                               weight_decay=optim_cfg.weight_decay)
-    return torch.optim.AdamW(params, lr=optim_cfg.lr, weight_decay=optim_cfg.weight_decay)
 
 
 def wrap_top(net, rt, device) -> torch.nn.Module:
@@ -150,6 +144,8 @@ class Trainer:
         check_stream_name(cfg.data.stream)
         method_class(cfg.method.name)
         check_sources(cfg.model)
+        self.update = resolve_update_backend(cfg.optim.update_backend, self.device,
+                                             method_class(cfg.method.name).gated_updates(cfg))
         self.resume_mode = self._resume_mode()
         run_path = self._run_path(run_dir)
         check_writable(run_path)
@@ -214,7 +210,8 @@ class Trainer:
         run = RunDir(self.run_path)
         ckpt.clean_stale(self.ckpt_root)
         try:
-            run.write_json("config.json", self.cfg.to_dict())
+            run.write_json("config.json", {**self.cfg.to_dict(),
+                                           RESOLVED: {"update_backend": self.update.record()}})
             skipped = getattr(self.stream, "skipped_files", [])
             if skipped:  # unreadable images the stream left out: on record with the run
                 run.write_json("skipped_files.json", skipped)
@@ -469,11 +466,8 @@ class Trainer:
         grads = [p.grad for p in method.parameters() if p.grad is not None]
         self.guard.record(self.step + 1, batch.task, {**out.terms, "loss/total": out.loss}, grads)
         method.after_backward(batch, out)
-        if scaler is not None:
-            scaler.step(opt)  # skipped when a gradient is inf/NaN; the scale then shrinks
-            scaler.update()
-        else:
-            opt.step()
+        # under fp16 a step with an inf/NaN gradient is skipped and the scale shrinks
+        self.update.step(opt, scaler, method.update_gates())
         method.after_step(batch, out)
         images = batch.y.shape[0] * distributed.world_size()
         self.step += 1
@@ -528,7 +522,7 @@ class Trainer:
         state, self.resumed = self.resumed, None
         if state is None:
             method.begin_task(t)
-            return make_optimizer(method.parameters(), self.cfg.optim), scaler, TaskCursor(t, epochs, self.shuffle)
+            return self.new_optimizer(), scaler, TaskCursor(t, epochs, self.shuffle)
         pos = StreamPosition.from_dict(state["position"])
         if pos.batch == 0:
             # At a task boundary the saved method state is the previous task's final one:
@@ -540,13 +534,18 @@ class Trainer:
             # model's snapshot, ...) are in the saved state, which therefore wins.
             method.begin_task(t)
             method.load_state_dict(state["method"])
-        opt = make_optimizer(method.parameters(), self.cfg.optim)
+        opt = self.new_optimizer()
         if pos.batch > 0:
             opt.load_state_dict(state["optimizer"])
             if scaler is not None and state["scaler"] is not None:
                 scaler.load_state_dict(state["scaler"])
         ckpt.restore_rng(state["rng"], {"shuffle": self.shuffle})
         return opt, scaler, TaskCursor(t, epochs, self.shuffle, pos, state["rng"])
+
+    def new_optimizer(self) -> torch.optim.Optimizer:
+        """The optimizer of a task (re-created at every task start, as in the released code), on
+        the update backend this run resolved, over the method's update groups."""
+        return self.update.build(self.method.update_groups(), self.cfg.optim)
 
     def _log_step(self, out, t, epoch) -> None:
         if self.device.type == "cuda":
@@ -653,6 +652,7 @@ class Trainer:
             "steps": self.step,
             "world_size": distributed.world_size(),
             "precision": self.precision.name,
+            "update_backend": self.update.name,
         })
         return res
 

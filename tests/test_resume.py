@@ -53,20 +53,24 @@ def results(run_dir):
         return json.load(f)
 
 
-def test_sigkill_in_the_middle_of_a_task_then_resume_equals_uninterrupted_run(tmp_path):
-    done = subprocess.run(train_cmd(tmp_path, "straight"), env=ENV, capture_output=True, text=True)
+# updates: the masked optimizer (its flat state in torch's state_dict format) and the gate noise
+# generator are checkpointed and restored too
+@pytest.mark.parametrize("gate", [[], ["--aro-gate", "updates", "--update-backend", "torch"]],
+                         ids=["aro-gate-loss", "aro-gate-updates"])
+def test_sigkill_in_the_middle_of_a_task_then_resume_equals_uninterrupted_run(tmp_path, gate):
+    done = subprocess.run(train_cmd(tmp_path, "straight", *gate), env=ENV, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     straight = results(tmp_path / "straight")
 
     run_dir = tmp_path / "killed"
-    proc = subprocess.Popen(train_cmd(tmp_path, "killed"), env=ENV, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(train_cmd(tmp_path, "killed", *gate), env=ENV, stderr=subprocess.PIPE, text=True)
     step = wait_for_checkpoint(proc, str(run_dir), 45)  # task 2 spans steps 37..72
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not results(run_dir).get("complete")  # it really died inside task 2
     assert step < 72
 
-    resumed = subprocess.run(train_cmd(tmp_path, "killed", "--resume", "auto"), env=ENV,
+    resumed = subprocess.run(train_cmd(tmp_path, "killed", *gate, "--resume", "auto"), env=ENV,
                              capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resumed from" in resumed.stderr

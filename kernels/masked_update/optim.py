@@ -38,6 +38,9 @@ The flag of the last step is kept in ``last_found_inf`` (a device tensor, overwr
 Hyperparameters can change between steps like any torch optimizer's (``group["lr"] = ...``,
 schedulers); they are uploaded to a small device table only when they change, without a sync.
 ``lr`` may be a tensor (a CUDA tensor is copied device-side into the table each step).
+
+``backend="torch"|"triton"`` pins this optimizer's implementation (the reference or the Triton
+kernel); the default ``None`` follows :mod:`kernels.dispatch` like every other op.
 """
 from __future__ import annotations
 
@@ -65,10 +68,14 @@ class _MaskedOptimizer(torch.optim.Optimizer):
     _hp_keys: tuple = ()
     _op = "masked_update"
 
-    def __init__(self, params, defaults: dict, block_size: int = 4096):
+    def __init__(self, params, defaults: dict, block_size: int = 4096, backend: Optional[str] = None):
+        if backend not in (None, "torch", "triton"):
+            raise ValueError(f"backend must be None (dispatch), 'torch' or 'triton', got {backend!r}")
         self._layout: Optional[FlatLayout] = None
         super().__init__(_normalise_params(params), defaults)
         self._block_size = int(block_size)
+        # a trainer that chose its update backend pins it here, leaving the other ops' dispatch alone
+        self._forced_backend = backend
         self._build()
 
     # -- construction --------------------------------------------------------------------------
@@ -209,7 +216,7 @@ class _MaskedOptimizer(torch.optim.Optimizer):
     def _backend(self):
         from kernels.masked_update import _impl
 
-        choice = resolve(self._op, self._flat_params, has_triton_impl=True)
+        choice = self._forced_backend or resolve(self._op, self._flat_params, has_triton_impl=True)
         return _impl(choice)
 
     def _run(self, impl, gates, grad_scale, found_inf):
@@ -283,12 +290,12 @@ class MaskedSGD(_MaskedOptimizer):
     _state_keys = ("momentum_buffer",)
 
     def __init__(self, params, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0,
-                 nesterov=False, *, block_size: int = 4096):
+                 nesterov=False, *, block_size: int = 4096, backend: Optional[str] = None):
         if nesterov and (momentum <= 0 or dampening != 0):
             raise ValueError("Nesterov momentum requires a momentum and zero dampening")
         defaults = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
                         nesterov=nesterov)
-        super().__init__(params, defaults, block_size=block_size)
+        super().__init__(params, defaults, block_size=block_size, backend=backend)
 
     def _hp_row(self, group) -> list:
         lr = group["lr"]
@@ -314,11 +321,11 @@ class MaskedAdamW(_MaskedOptimizer):
     _state_keys = ("exp_avg", "exp_avg_sq")
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
-                 *, block_size: int = 4096):
+                 *, block_size: int = 4096, backend: Optional[str] = None):
         if not 0.0 <= betas[0] < 1.0 or not 0.0 <= betas[1] < 1.0:
             raise ValueError(f"invalid betas {betas}")
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
-        super().__init__(params, defaults, block_size=block_size)
+        super().__init__(params, defaults, block_size=block_size, backend=backend)
 
     def _hp_row(self, group) -> list:
         lr = group["lr"]

@@ -61,6 +61,25 @@ class ContinualMethod:
         """Parameters the optimizer updates: the network's trainable ones, then the method's own."""
         return [p for p in self.net.parameters() if p.requires_grad] + self.outside_parameters()
 
+    @classmethod
+    def gated_updates(cls, cfg) -> str | None:
+        """The option that makes this configuration gate its updates per step (see
+        :meth:`update_gates`), for messages, or None when it does not. The engine asks before any
+        work, to refuse an update backend that cannot apply gates."""
+        return None
+
+    def update_groups(self) -> list[list[nn.Parameter]]:
+        """:meth:`parameters` in the groups :meth:`update_gates` switches: group i is updated on
+        a step iff gate i is nonzero. Default: one group."""
+        return [self.parameters()]
+
+    def update_gates(self) -> torch.Tensor | None:
+        """Gates of the step whose :meth:`loss` was just computed: a tensor on the training
+        device with one entry per :meth:`update_groups` group (0 = that group's parameters and
+        optimizer state stay untouched this step), or None (every group updates). Read on the
+        device by the optimizer: no host sync."""
+        return None
+
     def outside_parameters(self) -> list[nn.Parameter]:
         """Trainable parameters the method owns outside the network, used outside the engine's
         compiled / DDP-wrapped forward. The engine averages their gradients across ranks itself
