@@ -76,11 +76,11 @@ def dali_epoch_fn():
         if state["used"]:
             pipe.reset()
         state["used"] = True
-        stream = torch.cuda.current_stream() if HAS_CUDA else None
+        cuda_stream = torch.cuda.current_stream() if HAS_CUDA else None
         for _ in plans:
-            out = to_torch(pipe.run(stream)[2], DEVICE)
+            out = to_torch(pipe.run(cuda_stream)[2], DEVICE)
         try:
-            pipe.run(stream)
+            pipe.run(cuda_stream)
         except StopIteration:
             pass
         return out

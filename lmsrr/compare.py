@@ -35,6 +35,7 @@ from lmsrr import distributed
 from lmsrr.cli import build_parser as train_parser
 from lmsrr.cli import config_from_args
 from lmsrr.data import build_stream
+from lmsrr.config import RESOLVED
 from lmsrr.data.registry import stream_label
 from lmsrr.engine import Interrupted
 from lmsrr.errors import UserError, WriteError
@@ -324,6 +325,8 @@ def check_reusable(run: PlannedRun) -> None:
     saved = _read_json(os.path.join(run.run_dir, "config.json"))
     if saved is None:
         return
+    # what the earlier run resolved on its machine ('auto' choices) is not part of its configuration
+    saved = {k: v for k, v in saved.items() if k != RESOLVED}
     diff = config_differences(saved, run.cfg.to_dict())
     if diff:
         raise UserError(f"{run.run_dir} holds a run of another configuration (differs in "
