@@ -102,7 +102,8 @@ class Trainer:
         self._set_up_runtime(cfg.runtime)
         self.run_path, self.resume_state = self._preflight(run_dir)
         # data
-        self.stream = stream if stream is not None else build_stream(cfg.data)
+        self.stream = stream if stream is not None else build_stream(
+            cfg.data, progress=cfg.log.progress and distributed.is_main())
         self.n_tasks = self._check_against_stream()
         # model
         self.net = build_net(cfg.model, self.stream.n_classes).to(self.device)

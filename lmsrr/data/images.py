@@ -9,6 +9,7 @@ truncated after its header then fails when it is decoded).
 """
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -21,6 +22,15 @@ from lmsrr.data.common import one_line
 from lmsrr.errors import DataError
 
 log = logging.getLogger("lmsrr.data")
+
+# Whether the scan and decode bars show when a caller does not say: the stream being built
+# follows the run's --progress / --no-progress (set by lmsrr.data.registry.build_stream).
+SHOW_PROGRESS: contextvars.ContextVar[bool] = contextvars.ContextVar("lmsrr_show_progress", default=True)
+
+
+def _show(progress: bool | None) -> bool:
+    return SHOW_PROGRESS.get() if progress is None else progress
+
 
 # What every decoder here reads (torchvision, DALI on the CPU and on the GPU).
 SUPPORTED_FORMATS = {"JPEG", "PNG", "WEBP", "MPO"}  # MPO: multi-picture JPEGs from some cameras
@@ -56,7 +66,7 @@ def probe(path: str, verify: bool = True) -> tuple[int, int] | str:
 
 
 def scan_images(paths: list[str], desc: str, verify: bool = True, threads: int = 0,
-                progress: bool = True) -> tuple[torch.Tensor, list[int], list[tuple[str, str]]]:
+                progress: bool | None = None) -> tuple[torch.Tensor, list[int], list[tuple[str, str]]]:
     """Probe every file. Returns (hw (N, 2) int64 with zeros for bad files, indices of readable
     files, [(path, reason)] of unreadable ones)."""
     threads = threads or min(16, os.cpu_count() or 1)
@@ -64,7 +74,7 @@ def scan_images(paths: list[str], desc: str, verify: bool = True, threads: int =
     good, bad = [], []
     with ThreadPoolExecutor(threads) as pool:  # PIL releases the GIL while decoding
         results = pool.map(lambda p: probe(p, verify), paths, chunksize=64)
-        for i, r in enumerate(tqdm(results, total=len(paths), desc=desc, disable=not progress,
+        for i, r in enumerate(tqdm(results, total=len(paths), desc=desc, disable=not _show(progress),
                                    leave=False, mininterval=1.0)):
             if isinstance(r, str):
                 bad.append((paths[i], r))
@@ -126,7 +136,7 @@ def _decode_to(path: str, size: int):
     return resize_u8(img, (size, size))
 
 
-def decode_all(paths: list[str], size: int, desc: str, threads: int = 0, progress: bool = True
+def decode_all(paths: list[str], size: int, desc: str, threads: int = 0, progress: bool | None = None
                ) -> tuple[torch.Tensor, list[int], list[tuple[str, str]]]:
     """Decode every file into one uint8 (N, 3, size, size) tensor (resized when not already that
     size). Returns (images of the readable files, their indices, [(path, reason)] of the rest)."""
@@ -135,7 +145,7 @@ def decode_all(paths: list[str], size: int, desc: str, threads: int = 0, progres
     good, bad = [], []
     with ThreadPoolExecutor(threads) as pool:
         results = pool.map(lambda p: _decode_to(p, size), paths, chunksize=64)
-        for i, r in enumerate(tqdm(results, total=len(paths), desc=desc, disable=not progress,
+        for i, r in enumerate(tqdm(results, total=len(paths), desc=desc, disable=not _show(progress),
                                    leave=False, mininterval=1.0)):
             if isinstance(r, str):
                 bad.append((paths[i], r))

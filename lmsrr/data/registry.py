@@ -9,6 +9,7 @@ import difflib
 import os
 from typing import Callable
 
+from lmsrr.data.images import SHOW_PROGRESS
 from lmsrr.errors import ConfigError
 
 _BUILDERS: dict[str, Callable] = {}
@@ -61,7 +62,12 @@ def check_stream_name(stream: str) -> None:
         )
 
 
-def build_stream(data_cfg):
-    """Build the stream named by ``data_cfg.stream`` (a :class:`ContinualStream`)."""
+def build_stream(data_cfg, progress: bool = True):
+    """Build the stream named by ``data_cfg.stream`` (a :class:`ContinualStream`); ``progress``:
+    show the bars of an image scan or decode it needs."""
     check_stream_name(data_cfg.stream)
-    return _BUILDERS[split_stream_name(data_cfg.stream)[0]](data_cfg)
+    token = SHOW_PROGRESS.set(progress)
+    try:
+        return _BUILDERS[split_stream_name(data_cfg.stream)[0]](data_cfg)
+    finally:
+        SHOW_PROGRESS.reset(token)
