@@ -157,14 +157,12 @@ class Run:
         self.mode = FakeTensorMode(allow_non_fake_inputs=True) if fake else None
         torch.manual_seed(0)
         with contextlib.ExitStack() as stack:
-            # The trainer builds its stream and network by name; these patches hand it others.
-            if stream is not None:
-                stack.enter_context(mock.patch.object(lmsrr.engine, "build_stream", lambda _: stream))
+            # The trainer takes a stream; it builds its network by name: this patch hands it another.
             if fake:
                 n_classes = (stream or lmsrr.engine.build_stream(cfg.data)).n_classes
                 net = self.storage_free_net(n_classes)
                 stack.enter_context(mock.patch.object(lmsrr.engine, "build_net", lambda *_: net))
-            self.trainer = Trainer(cfg, run_dir=run_dir)
+            self.trainer = Trainer(cfg, run_dir=run_dir, stream=stream)
         self.method = self.trainer.method
         self.net = self.trainer.net
         self.device = self.trainer.device
