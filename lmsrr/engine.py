@@ -122,7 +122,7 @@ class Trainer:
         self.n_tasks = self._check_options()
         self.run_path = self._run_path(run_dir)
         self.run = RunDir(self.run_path) if self.main else None
-        self.net = build_net(cfg.model, self.stream.n_classes).to(self.device)
+        self.net = build_net(cfg.model, self.stream.n_classes, self.stream.input_transform).to(self.device)
         self.precision = resolve_precision(rt.precision, self.device)
         self.method = build_method(cfg, self.net, self.stream, self.device)
         self.top = wrap_top(self.net, rt, self.device)

@@ -10,6 +10,7 @@ import os
 from typing import Callable
 
 from lmsrr.errors import ConfigError
+from lmsrr.inputs import released_input
 
 _BUILDERS: dict[str, Callable] = {}
 _TAKES_PATH: set[str] = set()
@@ -58,4 +59,7 @@ def build_stream(data_cfg):
         raise ConfigError(
             f"unknown stream {data_cfg.stream!r}{hint}; available: {', '.join(available_streams())}"
         )
-    return _BUILDERS[name](data_cfg)
+    stream = _BUILDERS[name](data_cfg)
+    if data_cfg.pipeline == "released":  # the builders made the released views; add the input stage
+        stream.input_transform = released_input(name)
+    return stream
