@@ -173,3 +173,63 @@ def test_cars196(data_root):
     got_train, got_test = views(stream)
     check(got_train, [truth(p) for p in train])
     check(got_test, [truth(p) for p in test])
+
+
+# ---------------------------------------------------------------- the DALI loader, training
+def test_dali_released_views_are_close_to_the_torch_ones(data_root):
+    """DALI resamples with its own cubic filter, not PIL's: the views differ by a few levels
+    (the README gives the measured figures); its crops, flips and geometry are the same."""
+    pytest.importorskip("nvidia.dali")
+    root, _ = data_root
+    for name in ("seq-imagenet-r", "seq-cub200", "seq-cars196"):
+        got = {}
+        for loader in ("torch", "dali"):
+            stream = build_stream(DataConfig(stream=name, data_root=root, pipeline="released", loader=loader,
+                                             loader_workers=1))
+            x, _ = next(iter(stream.test_batches(0, 8, "cpu")))
+            g = torch.Generator().manual_seed(0)
+            _, a, _ = next(iter(stream.train_batches(0, 8, g, "cpu")))
+            got[loader] = (to_float(x), a)
+        for ours_t, dali in zip(got["torch"], got["dali"]):
+            assert ours_t.shape == dali.shape == (ours_t.shape[0], 3, 224, 224)
+            d = (ours_t - dali).abs()
+            assert d.mean().item() < 1 / 255 and d.max().item() <= 20 / 255, (name, d.max().item())
+
+
+# A 224 x 224 ViT small enough for the CPU: the released pipeline feeds 224 x 224 RGB batches.
+TINY_224 = ["--sources", "vit_tiny_patch16_224(patch_size=32,embed_dim=16,depth=2,num_heads=1)",
+            "--trainable-blocks", "1", "--epochs", "1", "--batch-size", "8", "--eval-batch-size", "64",
+            "--buffer-size", "8", "--replay-batch-size", "4", "--loader-workers", "1", "--threads", "1",
+            "--no-progress", "--stop-after", "2", "--pipeline", "released"]
+
+
+@pytest.mark.parametrize("name,loader", [("seq-cub200", "torch"), ("seq-cars196", "dali"), ("rot-mnist", "torch")])
+def test_released_pipeline_trains_with_replay(data_root, tmp_path, name, loader):
+    """Two tasks (stream views, replayed buffer views through the stream's augmentation, evaluation)."""
+    if loader == "dali":
+        pytest.importorskip("nvidia.dali")
+    import json
+
+    from lmsrr.cli import main
+
+    root, _ = data_root
+    code = main(["--stream", name, "--data-root", root, "--loader", loader, "--out-dir", str(tmp_path),
+                 "--run-name", "r", *TINY_224])
+    assert code == 0
+    res = json.loads((tmp_path / "r" / "results.json").read_text())
+    assert res["tasks_trained"] == 2
+
+
+def test_released_pipeline_refuses_a_source_of_another_resolution(data_root, tmp_path):
+    from lmsrr.cli import main
+
+    root, _ = data_root
+    args = [a if not a.startswith("vit_tiny") else a.replace("patch_size=32", "img_size=64,patch_size=32")
+            for a in TINY_224]
+    assert main(["--stream", "seq-cifar10", "--data-root", root, "--out-dir", str(tmp_path), *args]) == 2
+
+
+def test_released_pipeline_refuses_a_stream_it_does_not_know(tmp_path):
+    from lmsrr.cli import main
+
+    assert main(["--stream", "seq-digits", "--pipeline", "released", "--out-dir", str(tmp_path)]) == 2
