@@ -57,9 +57,9 @@ class DataConfig:
     )
     augment: bool = _f(True, "training augmentation of stream and replayed samples")
     pipeline: str = _f(
-        "native", "input pipeline: 'native' (each source resizes and normalises with its own timm data "
+        "native", "input transforms: 'native' (each source resizes and normalises with its own timm data "
         "config; file datasets at --image-size) or 'released' (the released code's per-dataset "
-        "transforms and statistics, then a bicubic resize to 224, as its ViTs see them)",
+        "views and statistics, then a bicubic resize to 224, as its ViTs see them; presets use it)",
         choices=PIPELINES,
     )
     split_seed: int = _f(0, "seed of the fixed dataset splits: ImageNet-R's 80/20 split, rot-mnist's angles")

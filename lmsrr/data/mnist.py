@@ -111,7 +111,7 @@ def rotate_pil(x: torch.Tensor, degrees: float) -> torch.Tensor:
 
     out = np.empty((x.shape[0], *x.shape[2:]), dtype=np.uint8)
     for i, img in enumerate(x[:, 0].numpy()):
-        out[i] = np.asarray(TF.rotate(Image.fromarray(img, mode="L"), float(degrees)))
+        out[i] = np.asarray(TF.rotate(Image.fromarray(img), float(degrees)))
     return torch.from_numpy(out)[:, None]
 
 
