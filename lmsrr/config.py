@@ -23,6 +23,7 @@ from lmsrr.errors import ConfigError
 from lmsrr.fields import check as _check
 from lmsrr.fields import option as _f
 from lmsrr.fields import validate
+from lmsrr.inputs import PIPELINES, RELEASED_STATS
 from lmsrr.methods.registry import available_methods, default_options, method_class, method_option_fields
 from lmsrr.models.spec import parse_sources
 from lmsrr.optim import UPDATE_BACKENDS
@@ -57,6 +58,12 @@ class DataConfig:
         "datasets keep their native size",
     )
     augment: bool = _f(True, "training augmentation of stream and replayed samples")
+    pipeline: str = _f(
+        "native", "input transforms: 'native' (each source resizes and normalises with its own timm data "
+        "config; file datasets at --image-size) or 'released' (the released code's per-dataset "
+        "views and statistics, then a bicubic resize to 224, as its ViTs see them; presets use it)",
+        choices=PIPELINES,
+    )
     split_seed: int = _f(0, "seed of the fixed dataset splits: ImageNet-R's 80/20 split, rot-mnist's angles")
     verify_images: bool = _f(
         True, "decode every image file once when the stream is built, to report and skip corrupt "
@@ -78,6 +85,12 @@ class DataConfig:
         _check(self.image_size == 0 or self.image_size >= 8,
                f"image_size must be 0 (the default, 224) or >= 8, got {self.image_size}")
         order = self.class_order
+        if self.pipeline == "released":
+            _check(self.stream in RELEASED_STATS,
+                   f"--pipeline released reproduces the released code's streams "
+                   f"({', '.join(RELEASED_STATS)}); {self.stream!r} is not one of them")
+            _check(self.image_size in (0, 224),
+                   f"--pipeline released fixes the file datasets' views (224); drop --image-size {self.image_size}")
         seed = re.fullmatch(r"seed:(-?[0-9]{1,18})", order)
         _check(order == "natural" or seed is not None,
                f"class_order={order[:80]!r}: use 'natural' or 'seed:N' (N an integer)")
@@ -399,7 +412,7 @@ RELEASED_RECIPES = {  # preset: (stream, alpha, epochs)
 
 def _released_preset(stream: str, alpha: float, epochs: int) -> dict[str, dict]:
     return {
-        "data": {"stream": stream, "batch_size": 32},
+        "data": {"stream": stream, "batch_size": 32, "pipeline": "released"},
         "model": {"sources": PAPER_SOURCES, "pretrained": "hub", "msidf": "reference"},
         "method": {"name": "lmsrr", "alpha": alpha, "beta": 0.2, "buffer_size": 500,
                    "replay_batch_size": 32},

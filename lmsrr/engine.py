@@ -106,7 +106,7 @@ class Trainer:
             cfg.data, progress=cfg.log.progress and distributed.is_main())
         self.n_tasks = self._check_against_stream()
         # model
-        self.net = build_net(cfg.model, self.stream.n_classes).to(self.device)
+        self.net = build_net(cfg.model, self.stream.n_classes, self.stream.input_transform).to(self.device)
         self.precision = resolve_precision(cfg.runtime.precision, self.device)
         # method
         self.method = build_method(cfg, self.net, self.stream, self.device)

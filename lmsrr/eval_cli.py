@@ -57,7 +57,7 @@ def evaluate_saved(run: SavedRun, overrides: dict | None = None, progress: bool 
     if run.tasks_done > stream.n_tasks or run.tasks_done < 1:
         raise UserError(f"{run.origin} trained {run.tasks_done} task(s); stream {stream.name!r} has "
                         f"{stream.n_tasks}")
-    net = build_net(cfg.model, stream.n_classes).to(device)
+    net = build_net(cfg.model, stream.n_classes, stream.input_transform).to(device)
     if frozen_fingerprint(net) != run.frozen_fingerprint:
         raise UserError(f"{run.origin}: the frozen source weights rebuilt from its configuration "
                         f"(--sources {cfg.model.sources!r}, --pretrained {cfg.model.pretrained!r}, "

@@ -177,3 +177,56 @@ class ResizedCropAugment:
                         sampling_ratio=0, aligned=True)
         out = torch.where(flips.view(-1, 1, 1, 1), out.flip(-1), out)
         return out.div_(255.0).clamp_(0.0, 1.0)
+
+
+@dataclass
+class CropAugment:
+    """A random ``size`` x ``size`` crop of the image resized to ``base`` x ``base`` (bicubic), and
+    a random horizontal flip: CUB-200's released training transform (``Resize((300, 300))``,
+    ``RandomCrop(224)``, flip)."""
+
+    base: int
+    size: int
+    flip: bool = True
+    enabled: bool = True
+
+    def sample_windows(self, hw: torch.Tensor, generator: torch.Generator | None = None
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        """((n, 4) int64 windows top, left, height, width in the resized image; (n,) bool flips).
+        Disabled: the centred window, no flip."""
+        device = hw.device
+        n = hw.shape[0]
+        room = self.base - self.size
+        if self.enabled:
+            corner = (_rand(2 * n, generator, device) * (room + 1)).long().clamp_(max=room).view(n, 2)
+        else:
+            corner = torch.full((n, 2), int(round(room / 2.0)), dtype=torch.long, device=device)
+        flips = (_rand(n, generator, device) < 0.5) if self.enabled and self.flip else \
+            torch.zeros(n, dtype=torch.bool, device=device)
+        side = torch.full((n, 2), self.size, dtype=torch.long, device=device)
+        return torch.cat([corner, side], 1), flips
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Replay: uint8 (B, C, S, S) stored views -> augmented float batch in [0, 1]: resized to
+        ``base`` (bicubic, antialiased), cropped at random windows, flipped; on x's device."""
+        if not self.enabled:
+            return to_float(x)
+        b = x.shape[0]
+        big = F.interpolate(x.float(), size=(self.base, self.base), mode="bicubic", align_corners=False,
+                            antialias=True)
+        hw = torch.tensor([self.base, self.base], device=x.device).expand(b, 2)
+        win, flips = self.sample_windows(hw, generator)
+        out = _gather_windows(big, win[:, :2], self.size)
+        out = torch.where(flips.view(-1, 1, 1, 1), out.flip(-1), out)
+        return out.div_(255.0).clamp_(0.0, 1.0)
+
+
+def _gather_windows(x: torch.Tensor, corners: torch.Tensor, size: int) -> torch.Tensor:
+    """Per-sample ``size`` x ``size`` windows of x at ``corners`` (B, 2) (row, col), in one gather."""
+    b, c = x.shape[:2]
+    ar = torch.arange(size, device=x.device)
+    rows = (corners[:, 0:1] + ar)[:, None, :, None]
+    cols = (corners[:, 1:2] + ar)[:, None, None, :]
+    bi = torch.arange(b, device=x.device)[:, None, None, None]
+    ci = torch.arange(c, device=x.device)[None, :, None, None]
+    return x[bi, ci, rows, cols]

@@ -108,30 +108,42 @@ def tensor_train_pipeline(source, image_hw: tuple[int, int], batch_size: int, de
     return pipe()
 
 
-def file_pipeline(source, size: int, batch_size: int, device_id, threads: int, train: bool):
+def file_pipeline(source, size: int, batch_size: int, device_id, threads: int, train: bool,
+                  interpolation: str = "bilinear", augmented: str = "resized-crop"):
     """external_source (encoded files, view geometry[, crop windows, flips]) -> decode (mixed on a
-    GPU) -> x: resize shorter side + centre crop [-> x_aug: crop window -> resize -> flip]."""
+    GPU) -> x: resize + crop [-> x_aug: flip of one of: ``resized-crop`` (a window of the decoded
+    image resized to the view), ``crop`` (a window of the resized image), ``flip`` (x itself)].
+    ``interpolation``: 'bilinear' (the native views) or 'bicubic' (the released ones; DALI's cubic
+    filter, not PIL's: see the README for how far apart they are)."""
     gpu = device_id is not None
-    n_in = 4 if train else 2
+    interp = INTERP[interpolation]
+    windowed = train and augmented != "flip"  # the flip form takes no crop windows
+    dtypes = [types.UINT8, types.FLOAT] + ([types.FLOAT] if windowed else []) + ([types.INT32] if train else [])
 
     @pipeline_def(batch_size=batch_size, num_threads=threads, device_id=device_id, seed=0,
                   exec_dynamic=True, prefetch_queue_depth=2)
     def pipe():
-        inputs = fn.external_source(source=source, num_outputs=n_in, batch=True, batch_info=True,
-                                    dtype=[types.UINT8, types.FLOAT, types.FLOAT, types.INT32][:n_in])
+        inputs = fn.external_source(source=source, num_outputs=len(dtypes), batch=True, batch_info=True,
+                                    dtype=dtypes)
         enc, geo = inputs[0], inputs[1]
         img = fn.decoders.image(enc, device="mixed" if gpu else "cpu", output_type=types.RGB,
                                 adjust_orientation=False)
         # geo = (resized h, resized w, crop top, crop left)
-        x = fn.resize(img, size=geo[0:2], interp_type=types.INTERP_LINEAR, antialias=True)
-        x = fn.slice(x, geo[2:4], [float(size), float(size)], axis_names="HW",
+        resized = fn.resize(img, size=geo[0:2], interp_type=interp, antialias=True)
+        x = fn.slice(resized, geo[2:4], [float(size), float(size)], axis_names="HW",
                      normalized_anchor=False, normalized_shape=False)
         outs = [fn.transpose(x, perm=[2, 0, 1])]
         if train:
-            win, flip = inputs[2], inputs[3]  # win = (top, left, height, width)
-            a = fn.slice(img, win[0:2], win[2:4], axis_names="HW", normalized_anchor=False,
-                         normalized_shape=False)
-            a = fn.resize(a, size=[float(size), float(size)], interp_type=types.INTERP_LINEAR, antialias=True)
+            win, flip = inputs[2], inputs[-1]  # win = (top, left, height, width)
+            if augmented == "flip":
+                a = x
+            elif augmented == "crop":
+                a = fn.slice(resized, win[0:2], win[2:4], axis_names="HW", normalized_anchor=False,
+                             normalized_shape=False)
+            else:
+                a = fn.slice(img, win[0:2], win[2:4], axis_names="HW", normalized_anchor=False,
+                             normalized_shape=False)
+                a = fn.resize(a, size=[float(size), float(size)], interp_type=interp, antialias=True)
             a = fn.flip(a, horizontal=flip)
             outs.append(fn.transpose(a, perm=[2, 0, 1]))
         return tuple(outs)
@@ -206,16 +218,22 @@ class DaliLoader:
             pipe = tensor_train_pipeline(source, tuple(split.x.shape[-2:]), max_batch, dev, self.threads)
         else:
             train = kind == "file-train"
+            windowed = train and (split.view is None or split.view.augmented != "flip")
 
             def make(p):
                 enc = [np.fromfile(split.paths[j], dtype=np.uint8) for j in p.idx.tolist()]
                 out = [enc, split.geometry(p.idx).float().numpy()]
+                if windowed:
+                    out.append(p.crops.float().numpy())
                 if train:
-                    out += [p.crops.float().numpy(), p.flips.int().numpy()]
+                    out.append(p.flips.int().numpy())
                 return tuple(out)
 
             source = PlanSource(make)
-            pipe = file_pipeline(source, split.size, max_batch, dev, self.threads, train)
+            view = split.view
+            pipe = file_pipeline(source, split.size, max_batch, dev, self.threads, train,
+                                 "bilinear" if view is None else "bicubic",
+                                 "resized-crop" if view is None else view.augmented)
         pipe.build()
         return _Entry(pipe, source, split, max_batch)
 

@@ -24,11 +24,12 @@ import os
 
 import torch
 
-from lmsrr.data.augment import ResizedCropAugment
+from lmsrr.data.augment import Augment, CropAugment, ResizedCropAugment
 from lmsrr.data.common import (check_labels, list_dir, loader_kwargs, one_line, parse_int, read_bytes, read_text_lines,
                                require_dir, require_file, require_files)
 from lmsrr.data.images import check_classes, report_unreadable, scan_images
 from lmsrr.data.registry import register_dataset
+from lmsrr.data.released_views import ReleasedView
 from lmsrr.data.splits import FileSplit
 from lmsrr.data.stream import ContinualStream
 from lmsrr.errors import DataError, DataNotFoundError
@@ -164,9 +165,30 @@ def scan_splits(name: str, train, test, n_classes: int, data_cfg) -> tuple[FileS
     return split(train, 0), split(test, len(train)), [p for p, _ in bad]
 
 
+def released_views(name: str, augment: bool):
+    """(training view, evaluation view, augmentation) of the released dataset class of ``name``
+    (``datasets/seq_imagenet_r.py``, ``seq_cub200.py``, ``seq_cars196.py``)."""
+    if name == "seq-imagenet-r":
+        # TRANSFORM: RandomResizedCrop(224, bicubic) + flip; the buffer's view Resize((224, 224));
+        # TEST_TRANSFORM: Resize((256, 256), bicubic) + CenterCrop(224).
+        return (ReleasedView((224, 224), 224, augmented="resized-crop"), ReleasedView((256, 256), 224),
+                ResizedCropAugment(224, enabled=augment))
+    if name == "seq-cub200":
+        # TRANSFORM: Resize((300, 300), bicubic) + RandomCrop(224) + flip;
+        # TEST_TRANSFORM: Resize(256, bicubic) + CenterCrop(224).
+        return (ReleasedView((300, 300), 224, augmented="crop"), ReleasedView(256, 224),
+                CropAugment(300, 224, enabled=augment))
+    # Cars-196: every image resized once (tensor Resize(224, bicubic, antialias) + CenterCrop(224))
+    # and stored; TRANSFORM flips it, TEST_TRANSFORM takes it as it is.
+    view = ReleasedView(224, 224, tensor_resize=True, augmented="flip")
+    return view, view, Augment(flip=augment)
+
+
 def file_stream(name: str, train, test, n_tasks: int, per_task: int, data_cfg) -> ContinualStream:
     train_split, test_split, skipped = scan_splits(name, train, test, n_tasks * per_task, data_cfg)
     aug = ResizedCropAugment(data_cfg.image_size or DEFAULT_SIZE, enabled=data_cfg.augment)
+    if data_cfg.pipeline == "released":
+        train_split.view, test_split.view, aug = released_views(name, data_cfg.augment)
     stream = ContinualStream.from_splits(name, train_split, test_split, n_tasks, per_task,
                                          aug, data_cfg.class_order, **loader_kwargs(data_cfg))
     stream.skipped_files = skipped

@@ -102,12 +102,26 @@ def rotate_batch(x: torch.Tensor, degrees: float) -> torch.Tensor:
     return rotate(x, float(degrees), interpolation=InterpolationMode.NEAREST, fill=0)
 
 
+def rotate_pil(x: torch.Tensor, degrees: float) -> torch.Tensor:
+    """The released rotation: torchvision's ``rotate`` of each image as a PIL 'L' image (PIL's
+    nearest-neighbour rotation about the centre, zero fill), which places some pixels differently
+    from the tensor rotation of :func:`rotate_batch`."""
+    import torchvision.transforms.functional as TF
+    from PIL import Image
+
+    out = np.empty((x.shape[0], *x.shape[2:]), dtype=np.uint8)
+    for i, img in enumerate(x[:, 0].numpy()):
+        out[i] = np.asarray(TF.rotate(Image.fromarray(img), float(degrees)))
+    return torch.from_numpy(out)[:, None]
+
+
 @register_dataset("rot-mnist")
 def rot_mnist(data_cfg) -> DomainStream:
     xtr, ytr, xte, yte = load_mnist(data_cfg.data_root, data_cfg.download)
     angles = task_angles(data_cfg.split_seed)
+    rotate = rotate_pil if data_cfg.pipeline == "released" else rotate_batch
     stream = DomainStream("rot-mnist", xtr, ytr, xte, yte, n_tasks=N_TASKS, n_classes=10,
-                          transform=lambda t, x: rotate_batch(x, angles[t].item()),
+                          transform=lambda t, x: rotate(x, angles[t].item()),
                           augment=Augment(pad=0, flip=False), **loader_kwargs(data_cfg))
     stream.angles = angles
     return stream

@@ -11,6 +11,7 @@ from typing import Callable
 
 from lmsrr.data.images import SHOW_PROGRESS
 from lmsrr.errors import ConfigError
+from lmsrr.inputs import released_input
 
 _BUILDERS: dict[str, Callable] = {}
 _TAKES_PATH: set[str] = set()
@@ -66,8 +67,12 @@ def build_stream(data_cfg, progress: bool = True):
     """Build the stream named by ``data_cfg.stream`` (a :class:`ContinualStream`); ``progress``:
     show the bars of an image scan or decode it needs."""
     check_stream_name(data_cfg.stream)
+    name = split_stream_name(data_cfg.stream)[0]
     token = SHOW_PROGRESS.set(progress)
     try:
-        return _BUILDERS[split_stream_name(data_cfg.stream)[0]](data_cfg)
+        stream = _BUILDERS[name](data_cfg)
     finally:
         SHOW_PROGRESS.reset(token)
+    if data_cfg.pipeline == "released":  # the builders made the released views; add the input stage
+        stream.input_transform = released_input(name)
+    return stream

@@ -42,11 +42,18 @@ class FileSplit:
     y: torch.Tensor
     hw: torch.Tensor  # (N, 2) int64
     size: int
+    # --pipeline released: the released dataset class's view (lmsrr.data.released_views.ReleasedView);
+    # None: the shorter side resized to ``size`` and centre-cropped.
+    view: object = None
 
     def __len__(self) -> int:
         return self.y.shape[0]
 
     def geometry(self, idx: torch.Tensor) -> torch.Tensor:
+        """(n, 4) int64: resized height, resized width, crop top, crop left of the view."""
+        if self.view is not None:
+            return torch.tensor([self.view.geometry(int(h), int(w)) for h, w in self.hw[idx].tolist()],
+                                dtype=torch.long).reshape(-1, 4)
         return center_geometry(self.hw[idx, 0], self.hw[idx, 1], self.size)
 
 

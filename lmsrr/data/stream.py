@@ -19,7 +19,7 @@ from typing import Iterator
 
 import torch
 
-from lmsrr.data.augment import Augment, ResizedCropAugment, to_float
+from lmsrr.data.augment import Augment, CropAugment, ResizedCropAugment, to_float
 from lmsrr.data.loaders import make_loader
 from lmsrr.data.sampler import eval_shard, num_shard_batches, shard_batches
 from lmsrr.data.splits import BatchPlan, FileSplit, TaskData, TensorSplit
@@ -75,6 +75,8 @@ class ContinualStream:
         self._train, self._test = train, test
         self.loader = make_loader(loader, workers)
         self.skipped_files: list[str] = []  # unreadable images left out (file datasets)
+        # The sources' input stage under --pipeline released (lmsrr.inputs); None: each source's own.
+        self.input_transform = None
 
     # ------------------------------------------------------------------ task bookkeeping
     @property
@@ -148,8 +150,10 @@ class ContinualStream:
     def _draw_augmentation(self, split, order, generator):
         aug = self.augment
         if isinstance(split, FileSplit):
-            if isinstance(aug, ResizedCropAugment) and aug.enabled:
+            if isinstance(aug, (ResizedCropAugment, CropAugment)) and aug.enabled:
                 return aug.sample_windows(split.hw[order], generator)
+            if isinstance(aug, Augment) and aug.enabled:  # flips only (Cars-196 under --pipeline released)
+                return aug.sample(order.shape[0], generator)
             return None, None  # no augmentation: the loaders give x_aug = x
         if isinstance(aug, Augment) and aug.enabled:
             return aug.sample(order.shape[0], generator)

@@ -11,6 +11,7 @@ import torch
 
 from lmsrr.data.augment import resize_u8
 from lmsrr.data.images import decode_rgb
+from lmsrr.data.released_views import decode_pil
 from lmsrr.data.splits import FileSplit
 
 log = logging.getLogger("lmsrr.data")
@@ -81,6 +82,8 @@ class TorchLoader:
 
 def load_file_batch(split, p, train: bool):
     """One planned batch, decoded: (x, x_aug, y, paths that could not be decoded)."""
+    if split.view is not None:
+        return load_released_batch(split, p, train)
     size = split.size
     geo = split.geometry(p.idx)
     xs, augs, ys, bad = [], [], [], []
@@ -101,4 +104,25 @@ def load_file_batch(split, p, train: bool):
     empty = torch.empty(0, 3, size, size, dtype=torch.uint8)
     x = torch.stack(xs) if xs else empty
     x_aug = torch.stack(augs) if augs else x  # no augmentation: the training view is x
+    return x, x_aug, torch.tensor(ys, dtype=torch.long), bad
+
+
+def load_released_batch(split, p, train: bool):
+    """:func:`load_file_batch` for a split with a released view: decoded and resampled as the
+    released dataset class does (PIL / torchvision, :mod:`lmsrr.data.released_views`)."""
+    view, size = split.view, split.size
+    xs, augs, ys, bad = [], [], [], []
+    for k, j in enumerate(p.idx.tolist()):
+        try:
+            img = decode_pil(split.paths[j])
+        except Exception:  # a file that changed or broke after the scan: skip, never crash
+            bad.append(split.paths[j])
+            continue
+        xs.append(view.view(img))
+        if train and p.crops is not None:
+            augs.append(view.augmented_view(img, p.crops[k].tolist(), bool(p.flips[k])))
+        ys.append(int(split.y[j]))
+    empty = torch.empty(0, 3, size, size, dtype=torch.uint8)
+    x = torch.stack(xs) if xs else empty
+    x_aug = torch.stack(augs) if augs else x
     return x, x_aug, torch.tensor(ys, dtype=torch.long), bad

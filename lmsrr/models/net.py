@@ -106,10 +106,14 @@ class TrainableTop(nn.Module):
         return tuple(self.net.top(zs) for zs in groups)
 
 
-def build_net(model_cfg, n_classes: int) -> LMSRRNet:
+def build_net(model_cfg, n_classes: int, input_transform=None) -> LMSRRNet:
+    """The network of ``model_cfg``; ``input_transform`` (a stream's, under --pipeline released)
+    replaces every source's own input stage."""
     specs = parse_sources(model_cfg.sources)
     weights = _weights_per_source(model_cfg.pretrained, specs)
     sources = [Source(spec, k, w) for spec, k, w in zip(specs, model_cfg.trainable_blocks_per_source, weights)]
+    for s in sources:
+        s.use_input_transform(input_transform)
     return LMSRRNet(sources, n_classes, model_cfg.kernel_sizes, model_cfg.msidf,
                     model_cfg.fusion_dim)
 

@@ -290,6 +290,7 @@ class Source(nn.Module):
         self.register_buffer("mean", torch.tensor(cfg["mean"]).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(cfg["std"]).view(1, -1, 1, 1), persistent=False)
         self._split = split_model(self.model, trainable_blocks, spec.name, self.input_size, self.in_chans)
+        self.input_transform = None  # set by use_input_transform (--pipeline released)
         for p in self.model.parameters():
             p.requires_grad_(False)
         for b in self._split.blocks:
@@ -347,8 +348,19 @@ class Source(nn.Module):
             b.train(mode)
         return self
 
+    def use_input_transform(self, transform) -> None:
+        """Take the stream's input stage (an :class:`lmsrr.inputs.InputTransform`) instead of this
+        source's own resize and timm statistics; ``None`` restores them."""
+        if transform is not None and ((transform.output_size,) * 2 != self.input_size or self.in_chans != 3):
+            raise ConfigError(f"source {self.spec.name}: --pipeline released feeds {transform.output_size}x"
+                              f"{transform.output_size} RGB inputs, this source takes {self.in_chans}-channel "
+                              f"{self.input_size[0]}x{self.input_size[1]}; use --pipeline native")
+        self.input_transform = transform
+
     def preprocess(self, x: torch.Tensor) -> torch.Tensor:
         """Float images in [0, 1] at native resolution -> this source's input."""
+        if self.input_transform is not None:
+            return self.input_transform(x)
         if x.shape[1] == 1 and self.in_chans == 3:
             x = x.expand(-1, 3, -1, -1)
         elif x.shape[1] == 3 and self.in_chans == 1:
