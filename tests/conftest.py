@@ -10,6 +10,14 @@ def _seed():
     torch.manual_seed(0)
 
 
+@pytest.fixture(autouse=True)
+def _no_flush_denormal_leak():
+    """The trainer flushes denormals on CPU (a process-wide switch); a test that builds a Trainer
+    must not change the float arithmetic of the tests after it."""
+    yield
+    torch.set_flush_denormal(False)
+
+
 @pytest.fixture
 def tiny_cfg(tmp_path) -> Config:
     """The default job's configuration, shortened: one epoch, output under tmp_path."""
