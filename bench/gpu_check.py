@@ -118,6 +118,15 @@ def _bench(ctx, files: list[str], name: str, timeout: int, dry_select: str = "")
     args = [*present, "--benchmark-only", f"--benchmark-json={path}"]
     if not ctx.cuda and dry_select:  # a dry run keeps the cases that finish in seconds on a CPU
         args += ["-k", dry_select]
+    if ctx.cuda:
+        # On a GPU timings are stable enough to guard: each run is saved under .benchmarks/ and
+        # compared with the previous saved run of the same step, failing on a 10% slowdown.
+        storage = os.path.join(ROOT, ".benchmarks")
+        earlier = sorted(f for _, _, files in os.walk(storage) for f in files
+                         if f.endswith(f"_gpu_check-{name}.json"))
+        args += [f"--benchmark-storage={storage}", f"--benchmark-save=gpu_check-{name}"]
+        if earlier:  # the saved run of this step with the highest number ("0007_gpu_check-...")
+            args += [f"--benchmark-compare={earlier[-1].split('_')[0]}", "--benchmark-compare-fail=mean:10%"]
     code, out = _pytest(args, timeout=timeout)
     rows = []
     if os.path.exists(path):
