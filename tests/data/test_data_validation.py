@@ -130,7 +130,8 @@ def test_download_onto_a_data_root_that_is_a_file(tmp_path, capsys):
     root = tmp_path / "not-a-folder"
     root.write_text("x")
     for stream in ("seq-cifar10", "rot-mnist"):
-        code, err = cli(capsys, root, stream, "--download")
+        # the run directory elsewhere: its own check (a file in the way) would come first
+        code, err = cli(capsys, root, stream, "--download", "--out-dir", str(tmp_path / "runs"))
         assert code == 2 and "Traceback" not in err
         assert f"--data-root {root} is a file, not a folder" in err
 

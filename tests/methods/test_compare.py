@@ -70,8 +70,8 @@ def test_report_files(tmp_path):
 
 
 def test_compare_runs_every_method_with_the_same_configuration(tmp_path, short_stream, monkeypatch, capsys):
-    monkeypatch.setattr("lmsrr.engine.build_stream", lambda data_cfg: short_stream)
-    monkeypatch.setattr("lmsrr.data.build_stream", lambda data_cfg: short_stream)
+    monkeypatch.setattr("lmsrr.engine.build_stream", lambda data_cfg, **_: short_stream)
+    monkeypatch.setattr("lmsrr.data.build_stream", lambda data_cfg, **_: short_stream)
     out = tmp_path / "cmp"
     code = main(["--methods", "nmc,finetune", "--epochs", "1", "--batch-size", "64", "--seed", "3",
                  "--threads", "1", "--out", str(out), "--no-progress"])
@@ -94,8 +94,8 @@ def test_compare_runs_every_method_with_the_same_configuration(tmp_path, short_s
 
 
 def test_compare_over_seeds(tmp_path, short_stream, monkeypatch):
-    monkeypatch.setattr("lmsrr.engine.build_stream", lambda data_cfg: short_stream)
-    monkeypatch.setattr("lmsrr.data.build_stream", lambda data_cfg: short_stream)
+    monkeypatch.setattr("lmsrr.engine.build_stream", lambda data_cfg, **_: short_stream)
+    monkeypatch.setattr("lmsrr.data.build_stream", lambda data_cfg, **_: short_stream)
     out = tmp_path / "cmp"
     code = main(["--methods", "nmc", "--seeds", "4,5", "--stop-after", "2", "--threads", "1",
                  "--out", str(out), "--no-progress"])
@@ -141,8 +141,8 @@ def test_a_diverging_method_is_reported_and_the_comparison_goes_on(tmp_path, sho
                                                                    capsys):
     from lmsrr.methods.finetune import Finetune
 
-    monkeypatch.setattr("lmsrr.engine.build_stream", lambda data_cfg: short_stream)
-    monkeypatch.setattr("lmsrr.data.build_stream", lambda data_cfg: short_stream)
+    monkeypatch.setattr("lmsrr.engine.build_stream", lambda data_cfg, **_: short_stream)
+    monkeypatch.setattr("lmsrr.data.build_stream", lambda data_cfg, **_: short_stream)
     loss = Finetune.loss
 
     def nan_loss(self, batch):

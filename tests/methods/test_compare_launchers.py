@@ -166,7 +166,7 @@ def test_grid_preset_is_the_starting_recipe_and_keys_override_flags():
 
 
 def test_a_grid_is_one_report_and_a_changed_rerun_is_refused(tmp_path, short_stream, monkeypatch, capsys):
-    monkeypatch.setattr("lmsrr.engine.build_stream", lambda data_cfg: short_stream)
+    monkeypatch.setattr("lmsrr.engine.build_stream", lambda data_cfg, **_: short_stream)
     out = tmp_path / "cmp"
     args = ["--methods", "nmc,finetune", "--stop-after", "1", "--epochs", "1", "--threads", "1",
             "--no-progress", "--out", str(out)]

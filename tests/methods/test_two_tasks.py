@@ -12,7 +12,7 @@ from lmsrr.methods import build_method
 
 @pytest.mark.parametrize("name", BASELINES)
 def test_two_short_tasks(fast_cfg, short_stream, name, monkeypatch):
-    monkeypatch.setattr("lmsrr.engine.build_stream", lambda data_cfg: short_stream)
+    monkeypatch.setattr("lmsrr.engine.build_stream", lambda data_cfg, **_: short_stream)
     trainer = Trainer(fast_cfg.replace(method={"name": name}))
     method, net = trainer.method, trainer.net
     before = [p.detach().clone() for p in method.parameters()]
