@@ -108,7 +108,7 @@ def _counts(output: str) -> dict:
 def step_gpu_tests(ctx) -> dict:
     if not ctx.cuda:
         return {"status": "skipped: no CUDA"}
-    code, out = _pytest(["-m", "gpu", "tests", "bench", "-x" if ctx.fail_fast else "-rN"], timeout=300)
+    code, out = _pytest(["-m", "gpu", "tests", "bench", "-rfE"], timeout=300)  # -rfE: name the failures
     return {"status": "ok" if code == 0 else "failed", **_counts(out), "tail": out[-2000:] if code else ""}
 
 
@@ -251,7 +251,6 @@ class Context:
     def __init__(self, out: str, dry_run: bool):
         self.out, self.dry_run = out, dry_run
         self.cuda = torch.cuda.is_available()
-        self.fail_fast = False
         self.results: dict = {}
 
 

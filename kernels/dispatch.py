@@ -12,6 +12,8 @@ import os
 
 import torch
 
+from kernels._util import interpret_mode  # noqa: F401 (public here: callers outside kernels/)
+
 log = logging.getLogger("lmsrr.kernels")
 
 BACKENDS = ("auto", "torch", "triton")

@@ -60,7 +60,7 @@ def check_kernel_backend(device: torch.device) -> None:
     if not kernels.dispatch.triton_available():
         raise ConfigError("LMSRR_KERNEL_BACKEND=triton but triton does not import here; unset it "
                           "(or use 'auto') to run the PyTorch references")
-    if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+    if device.type != "cuda" and not kernels.dispatch.interpret_mode():
         raise ConfigError(f"LMSRR_KERNEL_BACKEND=triton runs Triton kernels, which need CUDA tensors "
                           f"(this run is on {device.type}); unset it or use 'auto', or set "
                           f"TRITON_INTERPRET=1 to run them in Triton's interpreter (slow, for tests)")

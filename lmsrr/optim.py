@@ -22,11 +22,11 @@ expose per-parameter views of their flat buffers), so checkpoints and exact resu
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 
 import torch
 
+import kernels.dispatch
 from kernels.masked_update import MaskedAdamW, MaskedSGD
 from lmsrr.errors import ConfigError
 
@@ -115,10 +115,6 @@ def _hyperparameters(optim_cfg) -> dict:
     return dict(lr=optim_cfg.lr, weight_decay=optim_cfg.weight_decay)
 
 
-def _interpreter_on() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "yes", "on")
-
-
 def _triton_problem() -> str | None:
     try:
         import triton  # noqa: F401
@@ -184,7 +180,7 @@ def resolve_update_backend(requested: str, device: torch.device, gated_by: str |
         if problem:
             raise ConfigError(f"{flag}: {problem}; install triton (it ships with torch's CUDA "
                               f"wheels) or use --update-backend torch")
-        if device.type != "cuda" and not _interpreter_on():
+        if device.type != "cuda" and not kernels.dispatch.interpret_mode():
             raise ConfigError(
                 f"{flag}: Triton kernels run on CUDA devices and this run is on {device.type}. "
                 f"Use --update-backend torch here, or set TRITON_INTERPRET=1 to run the kernel in "
