@@ -133,7 +133,7 @@ def config_for(s: Setting) -> Config:
         cfg = step_config(gpu=True)  # the paper's sources and recipe, as the step benchmark
         return cfg.replace(runtime={"device": "cpu", "precision": "bf16"},
                            data={"eval_batch_size": PAPER_EVAL_BATCH})
-    cfg = Config().replace(method={"name": s.method}, log={"progress": False},
+    cfg = Config().replace(method={"name": s.method}, model={"pretrained": "none"}, log={"progress": False},
                            runtime={"device": "cpu", "precision": "fp32"})
     if s.sources:
         cfg = cfg.replace(model={"sources": s.sources})

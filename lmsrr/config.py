@@ -129,10 +129,11 @@ class ModelConfig:
         "the key input_size=N sets the source's input resolution",
     )
     pretrained: str = _f(
-        "none",
-        "'none' (random init), 'hub' (timm weights from the local hub cache; never downloads), "
-        "'builtin' (the weights shipped with lmsrr for the default sources, pre-trained on generated "
-        "fractals by lmsrr-pretrain), or "
+        "builtin",
+        "'builtin' (the default: the weights shipped with lmsrr for the default --sources, "
+        "pre-trained on generated fractals by lmsrr-pretrain; other sources need one of the "
+        "alternatives), 'none' (random init), 'hub' (timm weights from the local hub cache; never "
+        "downloads), or "
         "comma-separated local weights, one per source: a timm/PyTorch/safetensors file, or a Hugging "
         "Face transformers ViT folder (config.json + model.safetensors or pytorch_model.bin)",
     )

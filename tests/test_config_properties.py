@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from lmsrr import cli as cli_module
 from lmsrr.cli import RUN_IDENTITY, main
-from lmsrr.config import Config
+from lmsrr.config import DEFAULT_SOURCES, Config
 from lmsrr.engine import Trainer
 from lmsrr.fields import value_type
 from lmsrr.methods.registry import method_option_fields
@@ -140,7 +140,7 @@ VALUES = {
 STRINGS = {
     ("data", "stream"): ["seq-digits", "seq-cifar10", "seq-digit", "rot-mnist"],
     ("data", "class_order"): ["natural", "seed:3", "seed:-1", "seed:x"],
-    ("model", "sources"): ["convnext_atto(input_size=32,dims=16/32/64/128,depths=1/1/2/1)",
+    ("model", "sources"): [DEFAULT_SOURCES, "convnext_atto(input_size=32,dims=16/32/64/128,depths=1/1/2/1)",
                            "resnet9000", "vit_tiny_patch16_224(", ""],
     ("model", "pretrained"): ["none", "/nowhere.pth"],
     ("model", "fusion_kernels"): ["3,5", "3", "4", "a"],
@@ -183,6 +183,8 @@ def test_generated_configs_reach_training_start_or_one_message(tmp_path, capsys,
     doc = {"log": {"out_dir": str(tmp_path / "runs"), "progress": False}}
     for (group, key, _), value in choices:
         doc.setdefault(group, {})[key] = value
+        if (group, key) == ("model", "sources") and value != DEFAULT_SOURCES:
+            doc["model"]["pretrained"] = "none"  # built-in weights exist for the default sources only
     started = []
     monkeypatch.setattr(cli_module, "run", lambda cfg: started.append(Trainer(cfg)))
     path = tmp_path / "config.json"

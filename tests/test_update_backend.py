@@ -217,7 +217,7 @@ def test_ddp_ranks_draw_the_same_gates(tmp_path):
     """2 gloo ranks under --aro-gate updates: different data and replay draws per rank, one gate
     sample per step, so the weights stay identical after every task."""
     d = small_config(str(tmp_path), "sgd", "torch", "updates")
-    flags = ["--sources", d["model"]["sources"], "--trainable-blocks", "2", "--epochs", "2",
+    flags = ["--pretrained", "none", "--sources", d["model"]["sources"], "--trainable-blocks", "2", "--epochs", "2",
              "--stop-after", "3", "--batch-size", "32", "--lr", "0.03", "--momentum", "0.9",
              "--aro-gate", "updates", "--update-backend", "torch", "--log-every", "2"]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",

@@ -26,7 +26,7 @@ from lmsrr.engine import Trainer  # noqa: E402
 SMALL = {
     "model": {"sources": "vit_tiny_patch16_224(input_size=16,patch_size=4,embed_dim=32,depth=3,num_heads=2),"
                          "convnext_atto(input_size=32,dims=8/16/32/64,depths=1/1/1/1)",
-              "trainable_blocks": 2},
+              "pretrained": "none", "trainable_blocks": 2},
     "data": {"batch_size": 64},
     "optim": {"epochs": 1},
     "runtime": {"threads": 1},

@@ -64,10 +64,11 @@ def builtin_weight_files(sources: str | list[SourceSpec], folder: str = WEIGHTS_
     if missing:
         shipped = "; ".join(entry["source"] for entry in manifest["files"])
         raise ConfigError(
-            f"--pretrained builtin: no built-in weights for source(s) {', '.join(missing)} (they exist "
+            f"--pretrained builtin (the default): no built-in weights for source(s) "
+            f"{', '.join(missing)} (they exist "
             f"only for these --sources items, with exactly these arguments: {shipped}). Pre-train "
             f"a source with lmsrr-pretrain and pass its file with --pretrained FILE,..., or use "
-            f"--pretrained none / hub")
+            f"--pretrained none (random init) / hub")
     paths = []
     for spec in specs:
         entry = by_key[spec_key(spec)]

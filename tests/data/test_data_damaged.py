@@ -374,7 +374,7 @@ def test_image_folder_damage(damage):
 
 
 # ------------------------------------------------------------------ through the CLI
-TINY = ["--sources", "vit_tiny_patch16_224(input_size=8,patch_size=4,embed_dim=16,depth=1,num_heads=1)",
+TINY = ["--pretrained", "none", "--sources", "vit_tiny_patch16_224(input_size=8,patch_size=4,embed_dim=16,depth=1,num_heads=1)",
         "--trainable-blocks", "1", "--epochs", "1", "--batch-size", "16", "--buffer-size", "8",
         "--replay-batch-size", "4", "--loader", "torch", "--loader-workers", "1", "--threads", "1",
         "--no-progress", "--stop-after", "1"]

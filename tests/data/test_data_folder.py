@@ -17,7 +17,7 @@ from lmsrr.errors import DataError
 # Deliberately not in sorted order: the sorted folder names are the natural class order.
 CLASSES = ["zebra", "apple", "mango", "cat", "dog", "kiwi"]
 SORTED = sorted(CLASSES)
-TINY = ["--sources", "vit_tiny_patch16_224(input_size=8,patch_size=4,embed_dim=16,depth=2,num_heads=1)",
+TINY = ["--pretrained", "none", "--sources", "vit_tiny_patch16_224(input_size=8,patch_size=4,embed_dim=16,depth=2,num_heads=1)",
         "--trainable-blocks", "1", "--epochs", "1", "--batch-size", "8", "--buffer-size", "12",
         "--replay-batch-size", "4", "--image-size", "16", "--loader-workers", "1", "--threads", "1",
         "--no-progress"]

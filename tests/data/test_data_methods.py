@@ -15,7 +15,7 @@ from lmsrr.data.augment import to_float
 from lmsrr.data.splits import FileSplit
 
 SOURCE = "vit_tiny_patch16_224(input_size=8,patch_size=4,embed_dim=16,depth=2,num_heads=1)"
-TINY = ["--sources", SOURCE, "--trainable-blocks", "1", "--epochs", "1", "--batch-size", "8",
+TINY = ["--pretrained", "none", "--sources", SOURCE, "--trainable-blocks", "1", "--epochs", "1", "--batch-size", "8",
         "--buffer-size", "200", "--replay-batch-size", "8", "--image-size", "16", "--loader-workers", "1",
         "--threads", "1", "--no-progress", "--stop-after", "2"]
 
@@ -29,7 +29,7 @@ def cub_method(data_root, name: str, loader: str = "torch"):
     root, _ = data_root
     cfg = Config().replace(data={"stream": "seq-cub200", "data_root": root, "image_size": 16,
                                  "loader": loader, "loader_workers": 1, "eval_batch_size": 7},
-                           model={"sources": SOURCE, "trainable_blocks": 1},
+                           model={"sources": SOURCE, "pretrained": "none", "trainable_blocks": 1},
                            method={"name": name, "buffer_size": 200})
     stream = build_stream(cfg.data)
     net = build_net(cfg.model, stream.n_classes)

@@ -197,7 +197,7 @@ def test_dali_released_views_are_close_to_the_torch_ones(data_root):
 
 
 # A 224 x 224 ViT small enough for the CPU: the released pipeline feeds 224 x 224 RGB batches.
-TINY_224 = ["--sources", "vit_tiny_patch16_224(patch_size=32,embed_dim=16,depth=2,num_heads=1)",
+TINY_224 = ["--pretrained", "none", "--sources", "vit_tiny_patch16_224(patch_size=32,embed_dim=16,depth=2,num_heads=1)",
             "--trainable-blocks", "1", "--epochs", "1", "--batch-size", "8", "--eval-batch-size", "64",
             "--buffer-size", "8", "--replay-batch-size", "4", "--loader-workers", "1", "--threads", "1",
             "--no-progress", "--stop-after", "2", "--pipeline", "released"]

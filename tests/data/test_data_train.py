@@ -10,7 +10,7 @@ from lmsrr.cli import main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # One tiny ViT: the point is the data path, not the model.
-TINY = ["--sources", "vit_tiny_patch16_224(input_size=8,patch_size=4,embed_dim=16,depth=2,num_heads=1)",
+TINY = ["--pretrained", "none", "--sources", "vit_tiny_patch16_224(input_size=8,patch_size=4,embed_dim=16,depth=2,num_heads=1)",
         "--trainable-blocks", "1", "--epochs", "1", "--batch-size", "16", "--eval-batch-size", "256",
         "--buffer-size", "16", "--replay-batch-size", "8", "--image-size", "16", "--loader-workers", "1",
         "--threads", "1", "--no-progress"]

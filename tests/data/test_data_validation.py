@@ -15,7 +15,7 @@ from lmsrr.config import DataConfig
 from lmsrr.data import build_stream
 from lmsrr.errors import DataError, UserError
 
-TINY = ["--sources", "vit_tiny_patch16_224(input_size=8,patch_size=4,embed_dim=16,depth=2,num_heads=1)",
+TINY = ["--pretrained", "none", "--sources", "vit_tiny_patch16_224(input_size=8,patch_size=4,embed_dim=16,depth=2,num_heads=1)",
         "--trainable-blocks", "1", "--epochs", "1", "--batch-size", "16", "--buffer-size", "16",
         "--replay-batch-size", "8", "--image-size", "16", "--loader", "torch", "--loader-workers", "1",
         "--threads", "1", "--no-progress"]

@@ -22,7 +22,7 @@ def _free_port() -> int:
 def test_batch_norm_source_under_torchrun(tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
            "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
-           os.path.join(ROOT, "scripts", "train.py"), "--sources", SOURCES, "--trainable-blocks", "2,1",
+           os.path.join(ROOT, "scripts", "train.py"), "--pretrained", "none", "--sources", SOURCES, "--trainable-blocks", "2,1",
            "--epochs", "1", "--stop-after", "2", "--batch-size", "32", "--threads", "1",
            "--out-dir", str(tmp_path), "--run-name", "ddp", "--no-progress"]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
@@ -37,7 +37,7 @@ def test_batch_norm_source_under_torchrun(tmp_path):
 
 def test_batch_norm_source_in_compare(tmp_path):
     out = tmp_path / "cmp"
-    code = compare_main(["--methods", "finetune,er", "--sources", SOURCES, "--trainable-blocks", "2", "--epochs", "1",
+    code = compare_main(["--methods", "finetune,er", "--pretrained", "none", "--sources", SOURCES, "--trainable-blocks", "2", "--epochs", "1",
                          "--stop-after", "1", "--batch-size", "128", "--threads", "1",
                          "--out", str(out), "--no-progress"])
     assert code == 0

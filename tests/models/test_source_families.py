@@ -105,7 +105,7 @@ RUNS = [
 @pytest.mark.parametrize("families,blocks,tasks", RUNS, ids=["+".join(r[0]) for r in RUNS])
 def test_each_family_trains_end_to_end(tmp_path, families, blocks, tasks):
     sources = ",".join(FAMILIES[f][0] for f in families)
-    code = main(["--sources", sources, "--trainable-blocks", blocks, "--epochs", "1",
+    code = main(["--pretrained", "none", "--sources", sources, "--trainable-blocks", blocks, "--epochs", "1",
                  "--stop-after", tasks, "--batch-size", "64", "--log-every", "1", "--no-progress", "--threads", "1",
                  "--out-dir", str(tmp_path), "--run-name", "r"])
     assert code == 0

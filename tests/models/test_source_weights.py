@@ -166,7 +166,7 @@ def test_hub_loads_from_a_warm_cache_offline(tmp_path, monkeypatch, no_network):
 
 
 def test_trainable_blocks_per_source(tmp_path):
-    cfg = ModelConfig(sources=f"{VIT},{CNN}", trainable_blocks="1,3")
+    cfg = ModelConfig(sources=f"{VIT},{CNN}", pretrained="none", trainable_blocks="1,3")
     assert cfg.trainable_blocks_per_source == (1, 3)
     net = build_net(cfg, n_classes=10)
     assert [len(s.blocks) for s in net.sources] == [1, 3]
@@ -188,12 +188,12 @@ def test_trainable_blocks_per_source(tmp_path):
     ("5,1", "trainable_blocks=5 but the model has 2 blocks (VisionTransformer blocks.0..1); use 1..2"),
 ])
 def test_trainable_blocks_errors(tmp_path, cli, value, message):
-    code, err = cli("--sources", f"{VIT},{CNN}", "--trainable-blocks", value, "--out-dir", str(tmp_path))
+    code, err = cli("--pretrained", "none", "--sources", f"{VIT},{CNN}", "--trainable-blocks", value, "--out-dir", str(tmp_path))
     assert code == 2 and message in err and "Traceback" not in err
 
 
 def test_family_without_units_is_refused_with_its_reason(tmp_path, cli):
-    code, err = cli("--sources", "densenet121(input_size=32)", "--out-dir", str(tmp_path))
+    code, err = cli("--pretrained", "none", "--sources", "densenet121(input_size=32)", "--out-dir", str(tmp_path))
     assert code == 2 and "Traceback" not in err
     assert "source densenet121: DenseNet cannot be split" in err and "no blocks / stages / layers" in err
 

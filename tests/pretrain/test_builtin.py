@@ -86,3 +86,23 @@ def test_train_cli_pretrained_builtin_bad_source_exits_2(cli, tmp_path):
     code, err = cli("--pretrained", "builtin", "--sources", "resnet18", "--out-dir", str(tmp_path),
                     "--epochs", "1", "--stop-after", "1")
     assert code == 2 and "no built-in weights" in err
+
+
+def test_the_default_job_uses_the_builtin_weights():
+    assert ModelConfig().pretrained == "builtin"
+
+
+def test_other_sources_with_the_default_pretrained_say_how_to_start_from_random(cli, tmp_path):
+    code, err = cli("--sources", "resnet18(input_size=32)", "--out-dir", str(tmp_path))
+    assert code == 2 and "Traceback" not in err
+    assert "--pretrained builtin (the default): no built-in weights for source(s) resnet18" in err
+    assert "--pretrained none" in err
+    assert not any(tmp_path.iterdir())  # refused before a run directory is made
+
+
+def test_the_default_job_starts_offline_on_the_builtin_weights(no_network, cli, tmp_path):
+    code, err = cli("--epochs", "1", "--stop-after", "1", "--threads", "1", "--out-dir", str(tmp_path),
+                    "--run-name", "r")
+    assert code == 0, err
+    saved = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert saved["model"]["pretrained"] == "builtin"
