@@ -22,8 +22,11 @@ def readme_row(command: str) -> tuple[float, float]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("flags", [[], ["--alpha", "0", "--beta", "0", "--buffer-size", "0"]],
-                         ids=["default", "no-replay"])
+@pytest.mark.parametrize("flags", [
+    [],
+    ["--pretrained", "none"],
+    ["--alpha", "0", "--beta", "0", "--buffer-size", "0"],
+], ids=["default", "random-sources", "no-replay"])
 def test_default_job_reproduces_the_readme_figures(tmp_path, flags):
     class_il, task_il = readme_row(" ".join(["python scripts/train.py", *flags]))
     assert main([*flags, "--no-progress", "--out-dir", str(tmp_path), "--run-name", "default"]) == 0
@@ -37,4 +40,5 @@ def test_default_job_reproduces_the_readme_figures(tmp_path, flags):
 def test_readme_rows_are_found():
     """The slow test reads its figures from the README; a renamed row must not skip it silently."""
     assert all(0 < v <= 100 for v in readme_row("python scripts/train.py"))
+    assert all(0 < v <= 100 for v in readme_row("python scripts/train.py --pretrained none"))
     assert all(0 < v <= 100 for v in readme_row("python scripts/train.py --alpha 0 --beta 0 --buffer-size 0"))
