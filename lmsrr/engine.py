@@ -32,7 +32,8 @@ from lmsrr.guard import NonFiniteError, NumericsGuard, first_nonfinite
 from lmsrr.methods import Batch, build_method
 from lmsrr.methods.registry import method_class
 from lmsrr.metrics import summarize
-from lmsrr.models import TrainableTop, build_net, check_sources, frozen_fingerprint, trainable_state
+from lmsrr.models import (TrainableTop, build_net, check_sources, frozen_fingerprint, trainable_state,
+                          weights_description)
 from lmsrr.optim import resolve_update_backend
 from lmsrr.perf import StepTimer, count_flops, peak_flops, peak_memory_mb
 from lmsrr.position import StreamPosition, TaskCursor
@@ -107,6 +108,7 @@ class Trainer:
         self.n_tasks = self._check_against_stream()
         # model
         self.net = build_net(cfg.model, self.stream.n_classes, self.stream.input_transform).to(self.device)
+        log.info("sources: %s from %s", cfg.model.sources, weights_description(cfg.model.pretrained))
         self.precision = resolve_precision(cfg.runtime.precision, self.device)
         # method
         self.method = build_method(cfg, self.net, self.stream, self.device)

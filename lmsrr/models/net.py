@@ -130,6 +130,13 @@ def check_sources(model_cfg) -> None:
             raise UserError(f"source {spec.name}: weight file {weights!r} does not exist")
 
 
+def weights_description(pretrained: str) -> str:
+    """What ``--pretrained`` starts the sources from, in words for the run's log."""
+    return {"builtin": "built-in weights (pre-trained on generated fractals, shipped with lmsrr)",
+            "none": "random initialisation",
+            "hub": "timm weights from the local hub cache"}.get(pretrained, f"weight files {pretrained}")
+
+
 def _weights_per_source(pretrained: str, specs) -> list[str]:
     if pretrained == "builtin":  # the files shipped in lmsrr/weights/, verified against the manifest
         return builtin_weight_files(specs)
