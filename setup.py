@@ -25,7 +25,7 @@ setup(
     extras_require={
         # transformers: the tests that map a Hugging Face ViT folder onto a timm source;
         # submitit: the test of lmsrr-compare's SLURM path (through submitit's local executor).
-        "dev": ["pytest", "pytest-benchmark", "hypothesis", "transformers", "submitit"],
+        "dev": ["pytest", "pytest-xdist", "pytest-benchmark", "hypothesis", "transformers", "submitit"],
         "tensorboard": ["tensorboard"],
         # NVIDIA DALI input pipelines (--loader dali; picked by --loader auto when installed).
         "dali": ["nvidia-dali-cuda130"],

@@ -91,8 +91,10 @@ def _nvidia_smi(field: str) -> str:
 
 # ---------------------------------------------------------------------- steps
 def _pytest(args: list[str], timeout: int) -> tuple[int, str]:
-    env = dict(os.environ)
-    env.pop("TRITON_INTERPRET", None)  # real launches on the GPU
+    # A fresh pytest: real launches on the GPU (no interpreter), and none of the state of a pytest
+    # this check may itself run under (an xdist worker's variables turn benchmarks off).
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("TRITON_INTERPRET", "PYTEST_CURRENT_TEST") and not k.startswith("PYTEST_XDIST")}
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args],
                           cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
     return proc.returncode, proc.stdout + proc.stderr
