@@ -8,6 +8,7 @@ the uncompiled network serves evaluation and checkpoints), DDP under torchrun, t
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import random
@@ -118,6 +119,7 @@ class Trainer:
         torch.manual_seed(cfg.runtime.seed + distributed.rank())
         # run directory
         self.ckpt_root = os.path.join(self.run_path, "checkpoints")
+        self._check_resume_fits_the_model()  # before config.json is rewritten
         self.run = self._open_run_dir()
         self._init_training_state()
         self._maybe_resume()
@@ -366,18 +368,42 @@ class Trainer:
         return (f"The newest checkpoint is intact: free some space and resume with the same "
                 f"command plus --resume {self.run_path}")
 
+    def _check_resume_fits_the_model(self) -> None:
+        """Refuse a checkpoint of other frozen weights or of another model while the run directory
+        is still as it was: a refused resume must not leave this command's flags in its config.json."""
+        if self.resume_state is None:
+            return
+        state, folder = self.resume_state
+        if state["frozen_fingerprint"] != frozen_fingerprint(self.net):
+            differences = self._flags_unlike_the_saved_run() or "other --sources, --pretrained or --seed"
+            raise UserError(f"checkpoint {folder} was written with different frozen source weights "
+                            f"({differences}); resume with the original flags")
+        unexpected = sorted(set(state["net"]) - set(self.net.state_dict()))
+        if unexpected:
+            raise UserError(f"checkpoint {folder} does not match this model (unexpected keys "
+                            f"{unexpected[:3]}...); resume with the original --sources and options")
+
+    def _flags_unlike_the_saved_run(self) -> str:
+        """'--pretrained none then, builtin now; ...' for the flags that fix the frozen weights,
+        read from the run's config.json ('' when it cannot be read)."""
+        try:
+            with open(os.path.join(self.run_path, "config.json"), encoding="utf-8") as f:
+                saved = json.load(f)
+            then = {"--sources": saved["model"]["sources"], "--pretrained": saved["model"]["pretrained"],
+                    "--seed": saved["runtime"]["seed"]}
+        except (OSError, ValueError, KeyError, TypeError):
+            return ""
+        now = {"--sources": self.cfg.model.sources, "--pretrained": self.cfg.model.pretrained,
+               "--seed": self.cfg.runtime.seed}
+        return "; ".join(f"{flag} {then[flag]} when the run started, {now[flag]} now"
+                         for flag in now if then[flag] != now[flag])
+
     def _maybe_resume(self) -> None:
         if self.resume_state is None:
             return
         state, folder = self.resume_state
         self.resume_state = None
-        if state["frozen_fingerprint"] != frozen_fingerprint(self.net):
-            raise UserError(f"checkpoint {folder} was written with different frozen source weights "
-                            f"(other --sources, --pretrained or --seed); resume with the original flags")
-        missing, unexpected = self.net.load_state_dict(state["net"], strict=False)
-        if unexpected:
-            raise UserError(f"checkpoint {folder} does not match this model (unexpected keys "
-                            f"{unexpected[:3]}...); resume with the original --sources and options")
+        self.net.load_state_dict(state["net"], strict=False)  # keys checked before the run dir opened
         self.step, self.images = state["step"], state["images"]
         self.acc_c, self.acc_t = state["metrics"]["acc_c"], state["metrics"]["acc_t"]
         self.train_s_total = state["metrics"]["train_s"]

@@ -204,3 +204,25 @@ def test_fp16_scaler_skips_isolated_nonfinite_steps_but_not_a_run_of_them(tiny_c
     _inject_nan(tr, "loss/ce", 2, always=True)
     with pytest.raises(NonFiniteError, match="3 consecutive fp16 steps"):
         tr.train_task(0)
+
+
+@pytest.mark.parametrize("started, resumed, named", [
+    (["--pretrained", "none"], [], "--pretrained none when the run started, builtin now"),
+    (["--pretrained", "none", "--seed", "1"], ["--pretrained", "none"],
+     "--seed 1 when the run started, 0 now"),
+], ids=["pretrained", "seed"])
+def test_resume_with_other_frozen_weights_is_refused_and_leaves_the_run_as_it_was(
+        tmp_path, cli, started, resumed, named):
+    """Same run directory, flags that give other frozen source weights: one message naming the
+    flag, exit 2, and the run's config.json untouched, so the original command still resumes it."""
+    base = ["--epochs", "1", "--threads", "1", "--out-dir", str(tmp_path), "--run-name", "r"]
+    assert cli(*base, *started, "--stop-after", "1")[0] == 0
+    config = tmp_path / "r" / "config.json"
+    before = config.read_bytes()
+    code, err = cli(*base, *resumed, "--stop-after", "2", "--resume", "auto")
+    assert code == 2 and "Traceback" not in err
+    assert "different frozen source weights" in err and named in err
+    assert config.read_bytes() == before
+    code, err = cli(*base, *started, "--stop-after", "2", "--resume", "auto")
+    assert code == 0, err
+    assert json.loads((tmp_path / "r" / "results.json").read_text())["tasks_trained"] == 2
