@@ -384,8 +384,8 @@ class Trainer:
                             f"{unexpected[:3]}...); resume with the original --sources and options")
 
     def _flags_unlike_the_saved_run(self) -> str:
-        """'--pretrained none then, builtin now; ...' for the flags that fix the frozen weights,
-        read from the run's config.json ('' when it cannot be read)."""
+        """'--pretrained none when the run started, builtin now; ...' for the flags that fix the
+        frozen weights, read from the run's config.json ('' when it cannot be read)."""
         try:
             with open(os.path.join(self.run_path, "config.json"), encoding="utf-8") as f:
                 saved = json.load(f)
