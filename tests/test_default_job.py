@@ -2,7 +2,6 @@
 run: marked slow)."""
 import json
 import os
-import re
 
 import pytest
 
